@@ -1,0 +1,202 @@
+//! Used-block map backends: libext2fs / libntfs-3g through `partclone-sys`, the pure-Rust FAT
+//! and exFAT parsers, the installed `partclone.<fs> -D`, and dd (every block).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use blockswarm_fsmap as fsmap;
+use blockswarm_manifest::{Extent, ExtentMap};
+use tracing::warn;
+
+use crate::ImagerError;
+
+/// The used-block map of a source and how it was found.
+#[derive(Debug, Clone)]
+pub struct UsedMap {
+    /// Filesystem type as recorded in the manifest (`ext4`, `fat32`, `ntfs`, `dd`, ...).
+    pub fs_type: String,
+    pub block_size: u64,
+    /// Used runs; its device size is the size of the source.
+    pub map: ExtentMap,
+    /// Which backend produced the map.
+    pub backend: &'static str,
+}
+
+/// Block size used for dd mode: the largest of 4096/512 dividing the device size.
+fn dd_block_size(size: u64) -> u64 {
+    if size % 4096 == 0 {
+        4096
+    } else {
+        512
+    }
+}
+
+fn not_fs(path: &Path, fs: &str, reason: impl std::fmt::Display) -> ImagerError {
+    ImagerError::NotFilesystem {
+        path: path.to_path_buf(),
+        fs: fs.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn from_runs(
+    path: &Path,
+    fs_type: String,
+    block_size: u64,
+    fs_size: u64,
+    src_size: u64,
+    runs: impl IntoIterator<Item = (u64, u64)>,
+    backend: &'static str,
+) -> Result<UsedMap, ImagerError> {
+    if fs_size > src_size {
+        return Err(ImagerError::TooShort {
+            path: path.to_path_buf(),
+            need: fs_size,
+            have: src_size,
+        });
+    }
+    let extents = runs
+        .into_iter()
+        .map(|(o, l)| Extent::new(o, l))
+        .collect::<Vec<_>>();
+    let map = ExtentMap::new(src_size, extents)?;
+    Ok(UsedMap {
+        fs_type,
+        block_size,
+        map,
+        backend,
+    })
+}
+
+fn fsmap_err(path: &Path, fs: &str, e: fsmap::FsError) -> ImagerError {
+    match e {
+        fsmap::FsError::Io { source, .. } => ImagerError::Read {
+            offset: 0,
+            source,
+        },
+        other => not_fs(path, fs, other),
+    }
+}
+
+/// Finds the used-block map of `path` (already opened as `file`, `size` bytes) for the
+/// filesystem named by `fs_arg` (`auto`, a partclone name or a common alias).
+pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<UsedMap, ImagerError> {
+    let fs: &'static str = if fs_arg.eq_ignore_ascii_case("auto") {
+        let mut f = file;
+        match fsmap::detect(&mut f).map_err(|e| fsmap_err(path, "auto", e))? {
+            Some(found) => fsmap::canonical_fs_name(found).unwrap_or("dd"),
+            None => {
+                warn!(
+                    "{}: no known filesystem signature; imaging every block (dd mode)",
+                    path.display()
+                );
+                "dd"
+            }
+        }
+    } else {
+        fsmap::canonical_fs_name(fs_arg).ok_or_else(|| ImagerError::UnknownFs(fs_arg.into()))?
+    };
+
+    match fs {
+        "dd" => from_runs(
+            path,
+            "dd".into(),
+            dd_block_size(size),
+            size,
+            size,
+            (size > 0).then_some((0, size)),
+            "dd",
+        ),
+        "ext" => {
+            let ub = partclone_sys::UsedBlocks::open_extfs(path).map_err(|e| not_fs(path, fs_arg, e))?;
+            from_runs(
+                path,
+                ub.fs_type().to_string(),
+                ub.block_size(),
+                ub.device_size(),
+                size,
+                ub.runs(),
+                "libext2fs",
+            )
+        }
+        "ntfs" => {
+            let ub = partclone_sys::UsedBlocks::open_ntfs(path).map_err(|e| not_fs(path, "ntfs", e))?;
+            from_runs(
+                path,
+                "ntfs".into(),
+                ub.block_size(),
+                ub.device_size(),
+                size,
+                ub.runs(),
+                "libntfs-3g",
+            )
+        }
+        "fat" | "exfat" => {
+            let mut f = file;
+            let u = if fs == "fat" {
+                fsmap::fat_usage(&mut f, size)
+            } else {
+                fsmap::exfat_usage(&mut f, size)
+            }
+            .map_err(|e| fsmap_err(path, fs, e))?;
+            from_runs(path, u.fs_type, u.block_size, 0, size, u.runs, "rust")
+        }
+        other => {
+            let module = fsmap::partclone_module_for(other)
+                .ok_or_else(|| ImagerError::UnknownFs(other.into()))?;
+            let u = fsmap::partclone_usage(module, path, size)
+                .map_err(|e| ImagerError::Backend(format!("{}: {e}", path.display())))?;
+            from_runs(path, u.fs_type, u.block_size, 0, size, u.runs, "partclone")
+        }
+    }
+}
+
+/// Writes the map as a ddrescue domain mapfile, the format of `partclone.<fs> -D`.
+pub fn write_mapfile(out: &mut dyn io::Write, used: &UsedMap) -> io::Result<()> {
+    let runs: Vec<(u64, u64)> = used
+        .map
+        .extents()
+        .iter()
+        .map(|e| (e.offset, e.length))
+        .collect();
+    fsmap::write_mapfile(out, &runs, used.map.device_size())
+}
+
+/// The text of `imager --list-fs`.
+pub fn list_fs() -> String {
+    let installed = fsmap::installed_partclone_modules();
+    let has = |m: &str| installed.iter().any(|i| i == m);
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<10} {:<28} aliases", "fs", "backend");
+    let ntfs = if cfg!(feature = "ntfs") {
+        "libntfs-3g (in process)"
+    } else if has("ntfs") {
+        "partclone.ntfs -D"
+    } else {
+        "unavailable"
+    };
+    let rows: Vec<(&str, String, &str)> = vec![
+        ("extfs", "libext2fs (in process)".into(), "ext2 ext3 ext4"),
+        ("ntfs", ntfs.into(), ""),
+        ("fat", "rust (in process)".into(), "vfat msdos fat12 fat16 fat32"),
+        ("exfat", "rust (in process)".into(), ""),
+        ("dd", "every block".into(), "raw"),
+    ];
+    for (fs, backend, aliases) in rows {
+        let _ = writeln!(s, "{fs:<10} {backend:<28} {aliases}");
+    }
+    for m in &installed {
+        if ["extfs", "ext2", "ext3", "ext4", "ntfs", "fat", "fat12", "fat16", "fat32", "vfat", "exfat", "dd", "imager", "restore", "chkimg", "info", "imgfuse", "ext4dev"]
+            .contains(&m.as_str())
+        {
+            continue;
+        }
+        if fsmap::canonical_fs_name(m).is_some() {
+            let _ = writeln!(s, "{m:<10} {:<28}", format!("partclone.{m} -D"));
+        }
+    }
+    let _ = has;
+    s
+}

@@ -1,0 +1,121 @@
+//! Command line of `imager`. Every flag has an environment-variable mirror.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+fn parse_piece_size(s: &str) -> Result<u32, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = t.strip_suffix("mib").or(t.strip_suffix('m')) {
+        (n, 1u64 << 20)
+    } else if let Some(n) = t.strip_suffix("kib").or(t.strip_suffix('k')) {
+        (n, 1 << 10)
+    } else {
+        (t.as_str(), 1)
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (examples: 4M, 1024K, 262144)"))?;
+    let v = n * mult;
+    let (lo, hi) = (
+        blockswarm_manifest::MIN_PIECE_LENGTH as u64,
+        blockswarm_manifest::MAX_PIECE_LENGTH as u64,
+    );
+    if !v.is_power_of_two() || v < lo || v > hi {
+        return Err(format!(
+            "piece size must be a power of two from 16K to 64M, got {v}"
+        ));
+    }
+    Ok(v as u32)
+}
+
+/// Finds the used blocks of a partition, hashes them (SHA-1, BitTorrent v1 pieces) and writes
+/// a blockswarm manifest (.torrent with the extent map) to stdout.
+///
+/// Typical use: `imager /dev/sda1 | seeder`.
+#[derive(Debug, Parser)]
+#[command(name = "imager", version, about, long_about = None)]
+pub struct Cli {
+    /// Partition block device or partition image file to image.
+    #[arg(env = "IMAGER_SOURCE", required_unless_present = "list_fs")]
+    pub source: Option<PathBuf>,
+
+    /// Filesystem: auto, or a name as partclone spells it (extfs, ntfs, fat, exfat, xfs,
+    /// btrfs, ...) or a common alias (ext4, vfat, fat32); dd = every block.
+    #[arg(long, env = "IMAGER_FS", default_value = "auto")]
+    pub fs: String,
+
+    /// Print the used-block map as a ddrescue domain mapfile (like `partclone.<fs> -D`) and
+    /// exit.
+    #[arg(long, env = "IMAGER_MAP")]
+    pub map: bool,
+
+    /// List the filesystems this build supports and the backend used for each, and exit.
+    #[arg(long, env = "IMAGER_LIST_FS")]
+    pub list_fs: bool,
+
+    /// Piece size: a power of two from 16K to 64M.
+    #[arg(long, env = "IMAGER_PIECE_SIZE", default_value = "4M", value_parser = parse_piece_size)]
+    pub piece_size: u32,
+
+    /// Torrent name (and file name of the packed data with --save). Default: SOURCE's file
+    /// name plus `.packed`.
+    #[arg(long, env = "IMAGER_NAME")]
+    pub name: Option<String>,
+
+    /// Tracker announce URL to put in the manifest (the seeder replaces it with its own).
+    #[arg(long, env = "IMAGER_TRACKER")]
+    pub tracker: Option<String>,
+
+    /// Write the manifest to FILE instead of stdout.
+    #[arg(short, long, env = "IMAGER_OUTPUT")]
+    pub output: Option<PathBuf>,
+
+    /// Image mode: also write the packed data file and NAME.torrent into DIR, seedable by any
+    /// BitTorrent client.
+    #[arg(long, env = "IMAGER_SAVE", value_name = "DIR")]
+    pub save: Option<PathBuf>,
+
+    /// Copy the used runs straight onto TARGET (a partition or image file at least as large
+    /// as the source), like `partclone -b`. No manifest is printed unless -o is given.
+    #[arg(long, env = "IMAGER_COPY_TO", value_name = "TARGET")]
+    pub copy_to: Option<PathBuf>,
+
+    /// Image a source that is mounted read-write (the copy may be torn).
+    #[arg(long, env = "IMAGER_FORCE")]
+    pub force: bool,
+
+    /// Hashing threads (default: all cores).
+    #[arg(long, env = "IMAGER_THREADS")]
+    pub threads: Option<usize>,
+
+    /// No progress bar and no summary line.
+    #[arg(short, long, env = "IMAGER_QUIET")]
+    pub quiet: bool,
+
+    /// More logs (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_sizes() {
+        assert_eq!(parse_piece_size("4M").unwrap(), 4 << 20);
+        assert_eq!(parse_piece_size("16k").unwrap(), 16 << 10);
+        assert_eq!(parse_piece_size("262144").unwrap(), 262144);
+        assert!(parse_piece_size("3M").is_err());
+        assert!(parse_piece_size("8K").is_err());
+        assert!(parse_piece_size("128M").is_err());
+        assert!(parse_piece_size("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1209 @@
+//! The swarm engine: peer connections, piece picking, verification, HAVE broadcasting.
+//!
+//! One mutex-protected [`State`] holds everything about pieces and peers; each peer
+//! connection is a reader task (handles incoming messages, picks what to request) and a
+//! writer task (sends queued messages and serves block requests from storage). Picking is
+//! rarest-first with a random start point per node, pieces in progress are finished before
+//! new ones are started, and once no unstarted piece is left the last blocks are requested
+//! from several peers (end game).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use librqbit_core::lengths::Lengths;
+use rand::Rng;
+use serde::Serialize;
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+
+use crate::storage::Storage;
+use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
+use crate::SwarmError;
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct SwarmOptions {
+    /// Blocks (16 KiB) requested from one peer and not yet received.
+    pub pipeline_blocks: usize,
+    /// Pieces being assembled in memory at once (bounds RAM: this x piece length).
+    pub max_pieces_in_progress: usize,
+    /// Connections at most.
+    pub max_peers: usize,
+    /// Upload cap in bytes per second for this node (None: unlimited).
+    pub upload_limit: Option<u64>,
+    /// Local address to bind outgoing connections to.
+    pub bind_ip: Option<IpAddr>,
+    /// A requested block not received after this long is requested again elsewhere.
+    pub request_timeout: Duration,
+    /// Seeder behaviour: when several blocks are queued for upload, send first the ones of
+    /// pieces this node has uploaded least (so the swarm gets one copy of everything early).
+    pub prefer_unsent: bool,
+}
+
+impl Default for SwarmOptions {
+    fn default() -> Self {
+        Self {
+            pipeline_blocks: 64,
+            max_pieces_in_progress: 16,
+            max_peers: 128,
+            upload_limit: None,
+            bind_ip: None,
+            request_timeout: Duration::from_secs(20),
+            prefer_unsent: false,
+        }
+    }
+}
+
+/// What the engine needs to know about the torrent.
+#[derive(Clone)]
+pub struct TorrentInfo {
+    pub info_hash: [u8; 20],
+    pub piece_length: u32,
+    pub total_length: u64,
+    pub piece_hashes: Arc<Vec<[u8; 20]>>,
+}
+
+/// Per-peer figures for status reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStats {
+    pub addr: String,
+    pub peer_id: String,
+    pub client: String,
+    pub pieces: u32,
+    pub complete: bool,
+    pub uploaded_to: u64,
+    pub downloaded_from: u64,
+    pub fast: bool,
+}
+
+/// Swarm-wide figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub pieces_have: u32,
+    pub pieces_total: u32,
+    pub bytes_have: u64,
+    pub bytes_total: u64,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub hash_failures: u64,
+    pub peers: Vec<PeerStats>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Missing,
+    Requested,
+    Received,
+}
+
+struct InProgress {
+    buf: Vec<u8>,
+    blocks: Vec<Block>,
+    /// Peers each block was requested from (end game may ask more than one).
+    requesters: Vec<Vec<u64>>,
+    received: u32,
+    first_missing: usize,
+    contributors: HashSet<u64>,
+}
+
+struct PeerState {
+    addr: SocketAddr,
+    peer_id: [u8; 20],
+    tx: mpsc::UnboundedSender<Out>,
+    kill: Arc<Notify>,
+    has: Vec<bool>,
+    has_count: u32,
+    /// Pieces the peer has that we lack.
+    useful: u32,
+    choked_us: bool,
+    am_interested: bool,
+    fast: bool,
+    inflight: HashMap<(u32, u32), Instant>,
+    rejected: HashSet<u32>,
+    uploaded_to: Arc<AtomicU64>,
+    downloaded_from: u64,
+    strikes: u32,
+    outgoing: bool,
+}
+
+enum Out {
+    Msg(Msg),
+    Serve(Req),
+    Cancel(Req),
+}
+
+struct State {
+    have: Vec<bool>,
+    have_count: u32,
+    availability: Vec<u32>,
+    in_progress: HashMap<u32, InProgress>,
+    verifying: HashSet<u32>,
+    peers: HashMap<u64, PeerState>,
+    next_key: u64,
+    cursor: u32,
+    banned: HashSet<IpAddr>,
+    banned_ids: HashSet<[u8; 20]>,
+    /// Known listen addresses of peers (from the tracker) and when we last dialed them.
+    known: HashMap<SocketAddr, Option<Instant>>,
+    connecting: HashSet<SocketAddr>,
+    sent_count: Vec<u32>,
+    downloaded: u64,
+    hash_failures: u64,
+    fatal: Option<String>,
+}
+
+pub(crate) struct Shared {
+    info: TorrentInfo,
+    lengths: Lengths,
+    peer_id: [u8; 20],
+    opts: SwarmOptions,
+    storage: Arc<dyn Storage>,
+    state: Mutex<State>,
+    changed: Notify,
+    uploaded: AtomicU64,
+    bucket: Option<Mutex<Bucket>>,
+    listen_addr: SocketAddr,
+}
+
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+/// A running swarm node (seeder or receiver).
+#[derive(Clone)]
+pub struct Swarm {
+    shared: Arc<Shared>,
+}
+
+fn client_name(peer_id: &[u8; 20]) -> String {
+    // Azureus-style ids: -XX1234-
+    if peer_id[0] == b'-' && peer_id[7] == b'-' {
+        String::from_utf8_lossy(&peer_id[1..7]).into_owned()
+    } else {
+        hex::encode(&peer_id[..4])
+    }
+}
+
+/// A fresh peer id: `-BS0100-` and 12 random bytes.
+pub fn new_peer_id() -> [u8; 20] {
+    let mut id = [0u8; 20];
+    id[..8].copy_from_slice(b"-BS0100-");
+    rand::thread_rng().fill(&mut id[8..]);
+    id
+}
+
+impl Swarm {
+    /// Starts listening on `listener` and returns the running node. `have` says which pieces
+    /// are already present and correct in `storage` (all for a seeder: seed mode trusts the
+    /// manifest and does not re-hash).
+    pub fn start(
+        info: TorrentInfo,
+        peer_id: [u8; 20],
+        storage: Arc<dyn Storage>,
+        have: Vec<bool>,
+        listener: TcpListener,
+        opts: SwarmOptions,
+    ) -> Result<Swarm, SwarmError> {
+        let lengths = Lengths::new(info.total_length, info.piece_length)
+            .map_err(|e| SwarmError::Config(e.to_string()))?;
+        let n = lengths.total_pieces() as usize;
+        if have.len() != n || info.piece_hashes.len() != n {
+            return Err(SwarmError::Config(format!(
+                "piece count mismatch: {} pieces, {} hashes, {} have-bits",
+                n,
+                info.piece_hashes.len(),
+                have.len()
+            )));
+        }
+        let listen_addr = listener.local_addr()?;
+        let have_count = have.iter().filter(|&&h| h).count() as u32;
+        let cursor = rand::thread_rng().gen_range(0..n as u32);
+        let bucket = opts.upload_limit.map(|rate| {
+            Mutex::new(Bucket {
+                tokens: 0.0,
+                rate: rate as f64,
+                burst: (rate as f64 / 10.0).max(2.0 * MAX_REQUEST as f64),
+                last: Instant::now(),
+            })
+        });
+        let shared = Arc::new(Shared {
+            lengths,
+            peer_id,
+            storage,
+            state: Mutex::new(State {
+                have,
+                have_count,
+                availability: vec![0; n],
+                in_progress: HashMap::new(),
+                verifying: HashSet::new(),
+                peers: HashMap::new(),
+                next_key: 1,
+                cursor,
+                banned: HashSet::new(),
+                banned_ids: HashSet::new(),
+                known: HashMap::new(),
+                connecting: HashSet::new(),
+                sent_count: vec![0; n],
+                downloaded: 0,
+                hash_failures: 0,
+                fatal: None,
+            }),
+            changed: Notify::new(),
+            uploaded: AtomicU64::new(0),
+            bucket,
+            listen_addr,
+            opts,
+            info,
+        });
+        let s = Swarm { shared };
+        tokio::spawn(s.clone().accept_loop(listener));
+        tokio::spawn(s.clone().tick_loop());
+        info!(%listen_addr, pieces = n, have = have_count, "swarm node started");
+        Ok(s)
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.shared.listen_addr
+    }
+
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.shared.peer_id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("swarm state lock")
+    }
+
+    /// Adds peers' listen addresses (from a tracker); they are dialed and redialed as needed.
+    pub fn add_peers(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let mut st = self.lock();
+        for a in addrs {
+            if a == self.shared.listen_addr {
+                continue;
+            }
+            st.known.entry(a).or_insert(None);
+        }
+        drop(st);
+        self.dial_known();
+    }
+
+    fn dial_known(&self) {
+        let now = Instant::now();
+        let mut to_dial = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.peers.len() >= self.shared.opts.max_peers {
+                return;
+            }
+            let connected: HashSet<SocketAddr> = st
+                .peers
+                .values()
+                .filter(|p| p.outgoing)
+                .map(|p| p.addr)
+                .collect();
+            let candidates: Vec<SocketAddr> = st
+                .known
+                .iter()
+                .filter(|(a, last)| {
+                    !connected.contains(a)
+                        && !st.connecting.contains(a)
+                        && !st.banned.contains(&a.ip())
+                        && last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(3))
+                })
+                .map(|(a, _)| *a)
+                .collect();
+            for a in candidates {
+                st.known.insert(a, Some(now));
+                st.connecting.insert(a);
+                to_dial.push(a);
+            }
+        }
+        for a in to_dial {
+            let s = self.clone();
+            tokio::spawn(async move {
+                let r = s.dial(a).await;
+                s.lock().connecting.remove(&a);
+                if let Err(e) = r {
+                    debug!(peer = %a, "connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<(), SwarmError> {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = self.shared.opts.bind_ip {
+            if ip.is_ipv4() == addr.is_ipv4() {
+                sock.bind(SocketAddr::new(ip, 0))?;
+            }
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr))
+            .await
+            .map_err(|_| SwarmError::Timeout("connect"))??;
+        self.run_peer(stream, addr, true).await
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, addr)) => {
+                    let s = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = s.run_peer(stream, addr, false).await {
+                            debug!(peer = %addr, "incoming connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn run_peer(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        outgoing: bool,
+    ) -> Result<(), SwarmError> {
+        let _ = stream.set_nodelay(true);
+        if self.lock().banned.contains(&addr.ip()) {
+            return Err(SwarmError::Banned);
+        }
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = tokio::io::BufReader::with_capacity(256 * 1024, rd);
+        let info_hash = self.shared.info.info_hash;
+        let hs = tokio::time::timeout(Duration::from_secs(10), async {
+            wire::write_handshake(&mut wr, info_hash, self.shared.peer_id).await?;
+            wire::read_handshake(&mut rd).await
+        })
+        .await
+        .map_err(|_| SwarmError::Timeout("handshake"))??;
+        if hs.info_hash != info_hash {
+            return Err(SwarmError::Protocol("peer offered another infohash".into()));
+        }
+        if hs.peer_id == self.shared.peer_id {
+            return Err(SwarmError::Protocol("connected to ourselves".into()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let kill = Arc::new(Notify::new());
+        let uploaded_to = Arc::new(AtomicU64::new(0));
+        let key = self.register(
+            addr,
+            hs.peer_id,
+            hs.fast,
+            outgoing,
+            tx.clone(),
+            kill.clone(),
+            uploaded_to.clone(),
+        )?;
+        debug!(peer = %addr, client = %client_name(&hs.peer_id), fast = hs.fast, "peer connected");
+        let writer = tokio::spawn(self.clone().writer(wr, rx, key, hs.fast, uploaded_to));
+        let max_frame = 13 + MAX_REQUEST as usize + self.shared.lengths.piece_bitfield_bytes();
+        let mut frames = FrameReader::new(rd, max_frame);
+        let result = loop {
+            tokio::select! {
+                _ = kill.notified() => break Ok(()),
+                m = tokio::time::timeout(Duration::from_secs(150), frames.next()) => {
+                    match m {
+                        Err(_) => break Err(SwarmError::Timeout("peer silent for 150 s")),
+                        Ok(Err(e)) => break Err(e.into()),
+                        Ok(Ok(None)) => break Ok(()),
+                        Ok(Ok(Some(msg))) => {
+                            if let Err(e) = self.on_message(key, msg) {
+                                break Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.unregister(key);
+        writer.abort();
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &self,
+        addr: SocketAddr,
+        peer_id: [u8; 20],
+        fast: bool,
+        outgoing: bool,
+        tx: mpsc::UnboundedSender<Out>,
+        kill: Arc<Notify>,
+        uploaded_to: Arc<AtomicU64>,
+    ) -> Result<u64, SwarmError> {
+        let mut st = self.lock();
+        if st.banned_ids.contains(&peer_id) {
+            return Err(SwarmError::Banned);
+        }
+        if st.peers.len() >= self.shared.opts.max_peers {
+            return Err(SwarmError::Protocol("too many peers".into()));
+        }
+        // Two nodes that dial each other at once keep the connection opened by the one with
+        // the smaller peer id; both sides decide the same way.
+        if let Some((&old_key, old)) = st.peers.iter().find(|(_, p)| p.peer_id == peer_id) {
+            let keep_new = outgoing == (self.shared.peer_id < peer_id);
+            if !keep_new || old.outgoing == outgoing {
+                return Err(SwarmError::Protocol("duplicate connection".into()));
+            }
+            old.kill.notify_one();
+            Self::remove_peer(&mut st, old_key);
+        }
+        let key = st.next_key;
+        st.next_key += 1;
+        let n = st.have.len();
+        let complete = st.have_count as usize == n;
+        st.peers.insert(
+            key,
+            PeerState {
+                addr,
+                peer_id,
+                tx: tx.clone(),
+                kill,
+                has: vec![false; n],
+                has_count: 0,
+                useful: 0,
+                choked_us: true,
+                am_interested: false,
+                fast,
+                inflight: HashMap::new(),
+                rejected: HashSet::new(),
+                uploaded_to,
+                downloaded_from: 0,
+                strikes: 0,
+                outgoing,
+            },
+        );
+        // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
+        // bitfield otherwise (even an empty one, so the peer knows where we stand).
+        let first = if fast && complete {
+            Msg::HaveAll
+        } else if fast && st.have_count == 0 {
+            Msg::HaveNone
+        } else {
+            Msg::Bitfield(wire::bitfield_from(&st.have))
+        };
+        let _ = tx.send(Out::Msg(first));
+        // We never choke on a LAN: everyone may ask from the start.
+        let _ = tx.send(Out::Msg(Msg::Unchoke));
+        Ok(key)
+    }
+
+    fn remove_peer(st: &mut State, key: u64) {
+        let Some(p) = st.peers.remove(&key) else {
+            return;
+        };
+        for (i, &h) in p.has.iter().enumerate() {
+            if h {
+                st.availability[i] -= 1;
+            }
+        }
+        for &(index, begin) in p.inflight.keys() {
+            Self::release_block(st, key, index, begin);
+        }
+    }
+
+    fn unregister(&self, key: u64) {
+        let mut st = self.lock();
+        Self::remove_peer(&mut st, key);
+        drop(st);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Forgets that `key` requested a block; it becomes missing if nobody else asked for it.
+    fn release_block(st: &mut State, key: u64, index: u32, begin: u32) {
+        if let Some(ip) = st.in_progress.get_mut(&index) {
+            let b = (begin / BLOCK_SIZE) as usize;
+            ip.requesters[b].retain(|&k| k != key);
+            if ip.blocks[b] == Block::Requested && ip.requesters[b].is_empty() {
+                ip.blocks[b] = Block::Missing;
+                ip.first_missing = ip.first_missing.min(b);
+            }
+        }
+    }
+
+    fn on_message(&self, key: u64, msg: Msg) -> Result<(), SwarmError> {
+        let n = self.shared.lengths.total_pieces();
+        let mut st = self.lock();
+        let st = &mut *st;
+        match msg {
+            Msg::KeepAlive | Msg::NotInterested | Msg::Suggest(_) | Msg::AllowedFast(_) => {}
+            Msg::Other(id) => debug!(id, "ignoring unknown message"),
+            Msg::Bitfield(b) => {
+                let bits = wire::bitfield_to(&b, n as usize)?;
+                self.set_has_all(st, key, Some(bits));
+            }
+            Msg::HaveAll => self.set_has_all(st, key, None),
+            Msg::HaveNone => self.set_has_all(st, key, Some(vec![false; n as usize])),
+            Msg::Have(i) => {
+                if i >= n {
+                    return Err(SwarmError::Protocol(format!("HAVE {i} beyond {n} pieces")));
+                }
+                let we_have = st.have[i as usize];
+                if let Some(p) = st.peers.get_mut(&key) {
+                    if !p.has[i as usize] {
+                        p.has[i as usize] = true;
+                        p.has_count += 1;
+                        if !we_have {
+                            p.useful += 1;
+                        }
+                        st.availability[i as usize] += 1;
+                    }
+                }
+                self.update_interest(st, key);
+                self.fill_requests(st, key);
+            }
+            Msg::Choke => {
+                if let Some(p) = st.peers.get_mut(&key) {
+                    p.choked_us = true;
+                    if !p.fast {
+                        // Without the Fast extension a choke drops every pending request.
+                        let pending: Vec<_> = p.inflight.drain().map(|(k, _)| k).collect();
+                        for (i, b) in pending {
+                            Self::release_block(st, key, i, b);
+                        }
+                    }
+                }
+            }
+            Msg::Unchoke => {
+                if let Some(p) = st.peers.get_mut(&key) {
+                    p.choked_us = false;
+                }
+                self.fill_requests(st, key);
+            }
+            Msg::Interested => {}
+            Msg::Request(r) => {
+                let ok = r.index < n
+                    && st.have[r.index as usize]
+                    && r.length > 0
+                    && r.length <= MAX_REQUEST
+                    && r.begin as u64 + r.length as u64
+                        <= self
+                            .shared
+                            .lengths
+                            .piece_length(self.shared.lengths.validate_piece_index(r.index).expect("checked"))
+                            as u64;
+                if let Some(p) = st.peers.get(&key) {
+                    if ok {
+                        let _ = p.tx.send(Out::Serve(r));
+                    } else if p.fast {
+                        let _ = p.tx.send(Out::Msg(Msg::Reject(r)));
+                    }
+                }
+            }
+            Msg::Cancel(r) => {
+                if let Some(p) = st.peers.get(&key) {
+                    let _ = p.tx.send(Out::Cancel(r));
+                }
+            }
+            Msg::Reject(r) => {
+                if let Some(p) = st.peers.get_mut(&key) {
+                    if p.inflight.remove(&(r.index, r.begin)).is_some() {
+                        p.rejected.insert(r.index);
+                        Self::release_block(st, key, r.index, r.begin);
+                    }
+                }
+                self.fill_requests(st, key);
+            }
+            Msg::Piece { index, begin, data } => self.on_block(st, key, index, begin, data)?,
+        }
+        Ok(())
+    }
+
+    fn set_has_all(&self, st: &mut State, key: u64, bits: Option<Vec<bool>>) {
+        let n = st.have.len();
+        let Some(p) = st.peers.get_mut(&key) else {
+            return;
+        };
+        let bits = bits.unwrap_or_else(|| vec![true; n]);
+        let mut useful = 0;
+        for i in 0..n {
+            if p.has[i] {
+                st.availability[i] -= 1;
+            }
+            if bits[i] {
+                st.availability[i] += 1;
+                if !st.have[i] {
+                    useful += 1;
+                }
+            }
+        }
+        p.has_count = bits.iter().filter(|&&b| b).count() as u32;
+        p.has = bits;
+        p.useful = useful;
+        self.update_interest(st, key);
+        self.fill_requests(st, key);
+        self.shared.changed.notify_waiters();
+    }
+
+    fn update_interest(&self, st: &mut State, key: u64) {
+        if let Some(p) = st.peers.get_mut(&key) {
+            let want = p.useful > 0;
+            if want != p.am_interested {
+                p.am_interested = want;
+                let m = if want {
+                    Msg::Interested
+                } else {
+                    Msg::NotInterested
+                };
+                let _ = p.tx.send(Out::Msg(m));
+            }
+        }
+    }
+
+    /// Chooses a new piece for `key` to start: rarest first, ties broken by distance from
+    /// this node's random start point.
+    fn pick_new_piece(&self, st: &State, key: u64) -> Option<u32> {
+        let p = st.peers.get(&key)?;
+        let n = st.have.len() as u32;
+        let mut best: Option<(u32, u32)> = None;
+        for k in 0..n {
+            let i = (st.cursor + k) % n;
+            let iu = i as usize;
+            if !p.has[iu]
+                || st.have[iu]
+                || st.in_progress.contains_key(&i)
+                || st.verifying.contains(&i)
+                || p.rejected.contains(&i)
+            {
+                continue;
+            }
+            let a = st.availability[iu];
+            if best.is_none_or(|(ba, _)| a < ba) {
+                best = Some((a, i));
+                if a <= 1 {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    fn new_in_progress(&self, index: u32) -> InProgress {
+        let vi = self.shared.lengths.validate_piece_index(index).expect("valid");
+        let len = self.shared.lengths.piece_length(vi) as usize;
+        let nb = self.shared.lengths.chunks_per_piece(vi) as usize;
+        InProgress {
+            buf: vec![0u8; len],
+            blocks: vec![Block::Missing; nb],
+            requesters: vec![Vec::new(); nb],
+            received: 0,
+            first_missing: 0,
+            contributors: HashSet::new(),
+        }
+    }
+
+    /// Next block for `key` to request, marking it requested.
+    fn pick_block(&self, st: &mut State, key: u64) -> Option<(u32, u32, u32)> {
+        let p = st.peers.get(&key)?;
+        // 1. Finish pieces already in progress.
+        let mut found = None;
+        for (&index, ip) in st.in_progress.iter() {
+            if !p.has[index as usize] || p.rejected.contains(&index) {
+                continue;
+            }
+            if let Some(b) = (ip.first_missing..ip.blocks.len()).find(|&b| ip.blocks[b] == Block::Missing) {
+                found = Some((index, b));
+                break;
+            }
+        }
+        // 2. Start a new piece.
+        if found.is_none() && st.in_progress.len() < self.shared.opts.max_pieces_in_progress {
+            if let Some(index) = self.pick_new_piece(st, key) {
+                if st.availability[index as usize] <= 1 {
+                    st.cursor = (index + 1) % st.have.len() as u32;
+                }
+                let ip = self.new_in_progress(index);
+                st.in_progress.insert(index, ip);
+                found = Some((index, 0));
+            }
+        }
+        // 3. End game: nothing unstarted that this peer has; double up on blocks others are
+        //    fetching (at most two requesters per block).
+        if found.is_none() && self.pick_new_piece(st, key).is_none() {
+            let p = st.peers.get(&key)?;
+            'outer: for (&index, ip) in st.in_progress.iter() {
+                if !p.has[index as usize] || p.rejected.contains(&index) {
+                    continue;
+                }
+                for b in 0..ip.blocks.len() {
+                    if ip.blocks[b] == Block::Requested
+                        && ip.requesters[b].len() < 2
+                        && !ip.requesters[b].contains(&key)
+                    {
+                        found = Some((index, b));
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        let (index, b) = found?;
+        let vi = self.shared.lengths.validate_piece_index(index).expect("valid");
+        let size = self.shared.lengths.chunk_size(vi, b as u32).expect("valid block");
+        let ip = st.in_progress.get_mut(&index).expect("in progress");
+        ip.blocks[b] = Block::Requested;
+        ip.requesters[b].push(key);
+        if ip.first_missing == b {
+            ip.first_missing = b + 1;
+        }
+        Some((index, b as u32 * BLOCK_SIZE, size))
+    }
+
+    fn fill_requests(&self, st: &mut State, key: u64) {
+        loop {
+            let Some(p) = st.peers.get(&key) else { return };
+            if p.choked_us || p.useful == 0 || p.inflight.len() >= self.shared.opts.pipeline_blocks
+            {
+                return;
+            }
+            let Some((index, begin, length)) = self.pick_block(st, key) else {
+                return;
+            };
+            let p = st.peers.get_mut(&key).expect("present");
+            p.inflight.insert((index, begin), Instant::now());
+            let _ = p.tx.send(Out::Msg(Msg::Request(Req {
+                index,
+                begin,
+                length,
+            })));
+        }
+    }
+
+    fn on_block(
+        &self,
+        st: &mut State,
+        key: u64,
+        index: u32,
+        begin: u32,
+        data: Vec<u8>,
+    ) -> Result<(), SwarmError> {
+        let lengths = &self.shared.lengths;
+        let vi = lengths
+            .validate_piece_index(index)
+            .ok_or_else(|| SwarmError::Protocol(format!("block of piece {index} out of range")))?;
+        if lengths
+            .chunk_info_from_received_data(vi, begin, data.len() as u32)
+            .is_none()
+        {
+            return Err(SwarmError::Protocol(format!(
+                "block {index}+{begin} has a wrong length {}",
+                data.len()
+            )));
+        }
+        if let Some(p) = st.peers.get_mut(&key) {
+            p.inflight.remove(&(index, begin));
+            p.downloaded_from += data.len() as u64;
+        }
+        st.downloaded += data.len() as u64;
+        let b = (begin / BLOCK_SIZE) as usize;
+        let Some(ip) = st.in_progress.get_mut(&index) else {
+            // Already have it, or verifying it, or never asked: a late end-game duplicate.
+            self.fill_requests(st, key);
+            return Ok(());
+        };
+        if ip.blocks[b] == Block::Received {
+            self.fill_requests(st, key);
+            return Ok(());
+        }
+        ip.buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
+        ip.blocks[b] = Block::Received;
+        ip.received += 1;
+        ip.contributors.insert(key);
+        let others: Vec<u64> = ip.requesters[b]
+            .drain(..)
+            .filter(|&k| k != key)
+            .collect();
+        let done = ip.received as usize == ip.blocks.len();
+        // End game: tell the other requesters of this block to stop.
+        let length = data.len() as u32;
+        for k in others {
+            if let Some(p) = st.peers.get_mut(&k) {
+                if p.inflight.remove(&(index, begin)).is_some() {
+                    let _ = p.tx.send(Out::Msg(Msg::Cancel(Req {
+                        index,
+                        begin,
+                        length,
+                    })));
+                }
+            }
+        }
+        if done {
+            let ip = st.in_progress.remove(&index).expect("present");
+            st.verifying.insert(index);
+            let s = self.clone();
+            tokio::spawn(async move { s.verify_and_store(index, ip).await });
+        }
+        self.fill_requests(st, key);
+        Ok(())
+    }
+
+    async fn verify_and_store(self, index: u32, ip: InProgress) {
+        let expected = self.shared.info.piece_hashes[index as usize];
+        let storage = self.shared.storage.clone();
+        let offset = index as u64 * self.shared.info.piece_length as u64;
+        let InProgress {
+            buf, contributors, ..
+        } = ip;
+        let res = tokio::task::spawn_blocking(move || {
+            let digest: [u8; 20] = Sha1::digest(&buf).into();
+            if digest != expected {
+                return Ok(false);
+            }
+            storage.write_at(offset, &buf).map(|_| true)
+        })
+        .await;
+        let mut st = self.lock();
+        st.verifying.remove(&index);
+        match res {
+            Ok(Ok(true)) => self.mark_have(&mut st, index),
+            Ok(Ok(false)) => {
+                st.hash_failures += 1;
+                warn!(piece = index, "piece failed its SHA-1 check; fetching it again");
+                self.punish(&mut st, &contributors);
+            }
+            Ok(Err(e)) => {
+                st.fatal = Some(format!("storage write failed: {e}"));
+            }
+            Err(e) => {
+                st.fatal = Some(format!("verification task failed: {e}"));
+            }
+        }
+        let keys: Vec<u64> = st.peers.keys().copied().collect();
+        for k in keys {
+            self.fill_requests(&mut st, k);
+        }
+        drop(st);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Peers that sent data for a piece that failed its hash: a sole contributor is banned at
+    /// once, each of several gets a strike and is banned at the second.
+    fn punish(&self, st: &mut State, contributors: &HashSet<u64>) {
+        let sole = contributors.len() == 1;
+        for &k in contributors {
+            let Some(p) = st.peers.get_mut(&k) else {
+                continue;
+            };
+            p.strikes += 1;
+            if sole || p.strikes >= 2 {
+                warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that sent corrupt data");
+                let ip = p.addr.ip();
+                let id = p.peer_id;
+                p.kill.notify_one();
+                st.banned.insert(ip);
+                st.banned_ids.insert(id);
+                Self::remove_peer(st, k);
+            }
+        }
+    }
+
+    /// Marks a piece as present (after verification or a resume check) and tells every peer.
+    fn mark_have(&self, st: &mut State, index: u32) {
+        let i = index as usize;
+        if st.have[i] {
+            return;
+        }
+        st.have[i] = true;
+        st.have_count += 1;
+        st.in_progress.remove(&index);
+        let keys: Vec<u64> = st.peers.keys().copied().collect();
+        for k in keys {
+            let p = st.peers.get_mut(&k).expect("present");
+            if p.has[i] {
+                p.useful -= 1;
+            }
+            // The peer's outstanding requests for this piece are pointless now.
+            let stale: Vec<(u32, u32)> = p
+                .inflight
+                .keys()
+                .filter(|(pi, _)| *pi == index)
+                .copied()
+                .collect();
+            for key in stale {
+                p.inflight.remove(&key);
+            }
+            let _ = p.tx.send(Out::Msg(Msg::Have(index)));
+            self.update_interest(st, k);
+        }
+    }
+
+    /// Marks pieces found correct on storage (resume); safe to call while downloading.
+    pub fn mark_verified(&self, index: u32) {
+        let mut st = self.lock();
+        self.mark_have(&mut st, index);
+        drop(st);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// True if the piece is present, being fetched or being verified.
+    pub fn is_busy_or_have(&self, index: u32) -> bool {
+        let st = self.lock();
+        st.have[index as usize]
+            || st.in_progress.contains_key(&index)
+            || st.verifying.contains(&index)
+    }
+
+    async fn writer(
+        self,
+        wr: tokio::net::tcp::OwnedWriteHalf,
+        mut rx: mpsc::UnboundedReceiver<Out>,
+        key: u64,
+        _fast: bool,
+        uploaded_to: Arc<AtomicU64>,
+    ) {
+        let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
+        let mut queue: VecDeque<Req> = VecDeque::new();
+        let mut buf = Vec::with_capacity(MAX_REQUEST as usize + 64);
+        let keepalive = Duration::from_secs(60);
+        'outer: loop {
+            // Control messages first, then one queued block, then wait.
+            loop {
+                match rx.try_recv() {
+                    Ok(Out::Msg(m)) => {
+                        buf.clear();
+                        wire::encode(&m, &mut buf);
+                        if wr.write_all(&buf).await.is_err() {
+                            break 'outer;
+                        }
+                    }
+                    Ok(Out::Serve(r)) => queue.push_back(r),
+                    Ok(Out::Cancel(r)) => queue.retain(|q| *q != r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
+                }
+            }
+            if let Some(r) = self.next_to_serve(&mut queue) {
+                self.throttle(r.length as u64).await;
+                let storage = self.shared.storage.clone();
+                let offset = r.index as u64 * self.shared.info.piece_length as u64 + r.begin as u64;
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut data = vec![0u8; r.length as usize];
+                    storage.read_at(offset, &mut data).map(|_| data)
+                })
+                .await;
+                let data = match read {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        warn!("cannot serve block {}+{}: {e}", r.index, r.begin);
+                        let mut st = self.lock();
+                        st.fatal.get_or_insert(format!("storage read failed: {e}"));
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                buf.clear();
+                wire::encode(
+                    &Msg::Piece {
+                        index: r.index,
+                        begin: r.begin,
+                        data,
+                    },
+                    &mut buf,
+                );
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+                uploaded_to.fetch_add(r.length as u64, Ordering::Relaxed);
+                self.shared
+                    .uploaded
+                    .fetch_add(r.length as u64, Ordering::Relaxed);
+                continue;
+            }
+            if wr.flush().await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(keepalive, rx.recv()).await {
+                Ok(Some(Out::Msg(m))) => {
+                    buf.clear();
+                    wire::encode(&m, &mut buf);
+                    if wr.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(Out::Serve(r))) => queue.push_back(r),
+                Ok(Some(Out::Cancel(r))) => queue.retain(|q| *q != r),
+                Ok(None) => break,
+                Err(_) => {
+                    buf.clear();
+                    wire::encode(&Msg::KeepAlive, &mut buf);
+                    if wr.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = wr.flush().await;
+        let st = self.lock();
+        if let Some(p) = st.peers.get(&key) {
+            p.kill.notify_one();
+        }
+    }
+
+    /// Picks the next queued request to serve: FIFO, or with `prefer_unsent` the one whose
+    /// piece this node has sent least often.
+    fn next_to_serve(&self, queue: &mut VecDeque<Req>) -> Option<Req> {
+        if !self.shared.opts.prefer_unsent || queue.len() < 2 {
+            let r = queue.pop_front()?;
+            if self.shared.opts.prefer_unsent {
+                self.lock().sent_count[r.index as usize] += 1;
+            }
+            return Some(r);
+        }
+        let mut st = self.lock();
+        let (pos, _) = queue
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, r)| (st.sent_count[r.index as usize], *i))?;
+        let r = queue.remove(pos)?;
+        st.sent_count[r.index as usize] += 1;
+        Some(r)
+    }
+
+    async fn throttle(&self, n: u64) {
+        let Some(bucket) = &self.shared.bucket else {
+            return;
+        };
+        loop {
+            let wait = {
+                let mut b = bucket.lock().expect("bucket lock");
+                let now = Instant::now();
+                let dt = now.duration_since(b.last).as_secs_f64();
+                b.last = now;
+                b.tokens = (b.tokens + dt * b.rate).min(b.burst);
+                if b.tokens >= n as f64 {
+                    b.tokens -= n as f64;
+                    return;
+                }
+                Duration::from_secs_f64((n as f64 - b.tokens) / b.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn tick_loop(self) {
+        let mut iv = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            iv.tick().await;
+            let timeout = self.shared.opts.request_timeout;
+            {
+                let mut st = self.lock();
+                let now = Instant::now();
+                let keys: Vec<u64> = st.peers.keys().copied().collect();
+                for k in &keys {
+                    let p = st.peers.get_mut(k).expect("present");
+                    let expired: Vec<(u32, u32)> = p
+                        .inflight
+                        .iter()
+                        .filter(|(_, &t)| now.duration_since(t) > timeout)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for (i, b) in &expired {
+                        p.inflight.remove(&(*i, *b));
+                    }
+                    for (i, b) in expired {
+                        Self::release_block(&mut st, *k, i, b);
+                    }
+                }
+                for k in keys {
+                    self.fill_requests(&mut st, k);
+                }
+            }
+            self.dial_known();
+        }
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> Stats {
+        let st = self.lock();
+        let n = st.have.len() as u32;
+        let bytes_have = (0..n)
+            .filter(|&i| st.have[i as usize])
+            .map(|i| {
+                self.shared
+                    .lengths
+                    .piece_length(self.shared.lengths.validate_piece_index(i).expect("valid"))
+                    as u64
+            })
+            .sum();
+        Stats {
+            pieces_have: st.have_count,
+            pieces_total: n,
+            bytes_have,
+            bytes_total: self.shared.info.total_length,
+            uploaded: self.shared.uploaded.load(Ordering::Relaxed),
+            downloaded: st.downloaded,
+            hash_failures: st.hash_failures,
+            peers: st
+                .peers
+                .values()
+                .map(|p| PeerStats {
+                    addr: p.addr.to_string(),
+                    peer_id: hex::encode(p.peer_id),
+                    client: client_name(&p.peer_id),
+                    pieces: p.has_count,
+                    complete: p.has_count == n,
+                    uploaded_to: p.uploaded_to.load(Ordering::Relaxed),
+                    downloaded_from: p.downloaded_from,
+                    fast: p.fast,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        let st = self.lock();
+        st.have_count as usize == st.have.len()
+    }
+
+    /// A fatal storage error, if one happened.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.lock().fatal.clone()
+    }
+
+    /// Waits until something changes (a piece verified, a peer joined or left).
+    pub async fn changed(&self) {
+        let n = self.shared.changed.notified();
+        tokio::select! {
+            _ = n => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+
+    /// Waits until every piece is present, or a fatal error.
+    pub async fn wait_complete(&self) -> Result<(), SwarmError> {
+        loop {
+            if let Some(e) = self.fatal_error() {
+                return Err(SwarmError::Storage(e));
+            }
+            if self.is_complete() {
+                return Ok(());
+            }
+            self.changed().await;
+        }
+    }
+
+    /// Closes every connection.
+    pub fn disconnect_all(&self) {
+        let st = self.lock();
+        for p in st.peers.values() {
+            p.kill.notify_one();
+        }
+    }
+}

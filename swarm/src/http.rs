@@ -1,0 +1,420 @@
+//! A deliberately small HTTP/1.1 client (GET) and server, enough for fetching the manifest,
+//! the tracker protocol and a status page on a LAN. No TLS, no keep-alive, no chunking on our
+//! side; bodies are capped.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::debug;
+
+use crate::SwarmError;
+
+/// Largest body the client accepts (a manifest of a very fragmented disk is a few tens of MiB).
+pub const MAX_BODY: usize = 256 * 1024 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A parsed `http://host:port/path?query` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with '/'.
+    pub target: String,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url, SwarmError> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| SwarmError::Http(format!("{s:?}: only http:// URLs are supported")))?;
+        let (authority, target) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| SwarmError::Http(format!("{s:?}: bad IPv6 host")))?;
+            (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p),
+                None => (authority.to_string(), ""),
+            }
+        };
+        let port = if port.is_empty() {
+            80
+        } else {
+            port.parse()
+                .map_err(|_| SwarmError::Http(format!("{s:?}: bad port")))?
+        };
+        if host.is_empty() {
+            return Err(SwarmError::Http(format!("{s:?}: no host")));
+        }
+        Ok(Url {
+            host,
+            port,
+            target: target.to_string(),
+        })
+    }
+
+    /// This URL with `path` (starting with '/') in place of its path and query.
+    pub fn with_target(&self, target: &str) -> Url {
+        Url {
+            host: self.host.clone(),
+            port: self.port,
+            target: target.to_string(),
+        }
+    }
+
+    pub fn to_string_with(&self, target: &str) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}{}", self.host, self.port, target)
+        } else {
+            format!("http://{}:{}{}", self.host, self.port, target)
+        }
+    }
+}
+
+/// Percent-encodes bytes for a query string (everything but RFC 3986 unreserved characters).
+pub fn percent_encode(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 3);
+    for &c in b {
+        if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+            s.push(c as char);
+        } else {
+            s.push_str(&format!("%{c:02X}"));
+        }
+    }
+    s
+}
+
+/// Decodes `%XX` escapes and '+' (space).
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match (hexval(b[i + 1]), hexval(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hexval(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// `GET url`; returns the body of a 200 response. Connects from `bind_ip` when given.
+pub async fn get(url: &str, bind_ip: Option<IpAddr>, timeout: Duration) -> Result<Vec<u8>, SwarmError> {
+    let u = Url::parse(url)?;
+    tokio::time::timeout(timeout, get_inner(&u, bind_ip))
+        .await
+        .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
+}
+
+async fn get_inner(u: &Url, bind_ip: Option<IpAddr>) -> Result<Vec<u8>, SwarmError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((u.host.as_str(), u.port))
+        .await
+        .map_err(|e| SwarmError::Http(format!("cannot resolve {}: {e}", u.host)))?
+        .collect();
+    let mut last_err = None;
+    let mut stream = None;
+    for a in addrs {
+        let sock = if a.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = bind_ip {
+            if ip.is_ipv4() == a.is_ipv4() {
+                sock.bind(SocketAddr::new(ip, 0))?;
+            }
+        }
+        match sock.connect(a).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| {
+        SwarmError::Http(format!(
+            "cannot connect to {}:{}: {}",
+            u.host,
+            u.port,
+            last_err.map_or("no address".into(), |e| e.to_string())
+        ))
+    })?;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: blockswarm/{}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        u.target,
+        u.host,
+        u.port,
+        env!("CARGO_PKG_VERSION")
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut limited = (&mut stream).take((MAX_BODY + MAX_HEAD) as u64);
+    limited.read_to_end(&mut buf).await?;
+    let head_end = find_head_end(&buf)
+        .ok_or_else(|| SwarmError::Http("response has no complete header".into()))?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| SwarmError::Http(format!("bad status line {status_line:?}")))?;
+    let mut content_length = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            let v = v.trim();
+            if k == "content-length" {
+                content_length = v.parse::<usize>().ok();
+            } else if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
+                return Err(SwarmError::Http(format!("unsupported transfer-encoding {v}")));
+            }
+        }
+    }
+    let body = buf.split_off(head_end);
+    if status != 200 {
+        return Err(SwarmError::Http(format!(
+            "GET {} answered {status_line}",
+            u.to_string_with(&u.target)
+        )));
+    }
+    if let Some(cl) = content_length {
+        if body.len() != cl {
+            return Err(SwarmError::Http(format!(
+                "body is {} bytes, Content-Length said {cl} (connection cut?)",
+                body.len()
+            )));
+        }
+    }
+    Ok(body)
+}
+
+/// An incoming GET request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub path: String,
+    /// Decoded query parameters, in order.
+    pub query: Vec<(String, Vec<u8>)>,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// First value of query parameter `k`.
+    pub fn param(&self, k: &str) -> Option<&[u8]> {
+        self.query
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn param_str(&self, k: &str) -> Option<String> {
+        self.param(k).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// A response to send.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn ok(content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status: 200,
+            content_type,
+            body,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self {
+            status: 404,
+            content_type: "text/plain",
+            body: b"not found\n".to_vec(),
+        }
+    }
+}
+
+fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
+    let line = head.lines().next()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?;
+    let target = parts.next()?;
+    if method != "GET" && method != "HEAD" {
+        return None;
+    }
+    let (path, q) = target.split_once('?').unwrap_or((target, ""));
+    let query = q
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (
+                String::from_utf8_lossy(&percent_decode(k)).into_owned(),
+                percent_decode(v),
+            )
+        })
+        .collect();
+    Some(Request {
+        path: String::from_utf8_lossy(&percent_decode(path)).into_owned(),
+        query,
+        peer,
+    })
+}
+
+async fn handle_conn<F, Fut>(mut s: TcpStream, peer: SocketAddr, handler: Arc<F>) -> std::io::Result<()>
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        let mut chunk = [0u8; 2048];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(e) = find_head_end(&buf) {
+            break e;
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let resp = match parse_request(&head, peer) {
+        Some(req) => handler(req).await,
+        None => Response {
+            status: 400,
+            content_type: "text/plain",
+            body: b"bad request\n".to_vec(),
+        },
+    };
+    let reason = match resp.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        resp.status,
+        reason,
+        resp.content_type,
+        resp.body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&resp.body).await?;
+    s.shutdown().await
+}
+
+/// Serves GET requests on `listener` with `handler` until the task is dropped.
+pub async fn serve<F, Fut>(listener: TcpListener, handler: Arc<F>)
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
+    loop {
+        let Ok((s, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let h = handler.clone();
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(30), handle_conn(s, peer, h)).await;
+            if let Ok(Err(e)) = r {
+                debug!(%peer, "http connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("http://127.0.0.1:6880/x.torrent").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("127.0.0.1", 6880, "/x.torrent"));
+        let u = Url::parse("http://host").unwrap();
+        assert_eq!((u.port, u.target.as_str()), (80, "/"));
+        let u = Url::parse("http://[::1]:81/a?b").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("::1", 81, "/a?b"));
+        assert!(Url::parse("https://x/").is_err());
+        assert!(Url::parse("http://:80/").is_err());
+        assert!(Url::parse("http://h:99999/").is_err());
+    }
+
+    #[test]
+    fn percent_round_trip() {
+        let b: Vec<u8> = (0..=255).collect();
+        assert_eq!(percent_decode(&percent_encode(&b)), b);
+        assert_eq!(percent_decode("a%2"), b"a%2");
+        assert_eq!(percent_decode("%zz"), b"%zz");
+    }
+
+    #[tokio::test]
+    async fn get_against_our_server() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(
+            l,
+            Arc::new(|r: Request| async move {
+                if r.path == "/hello" {
+                    Response::ok("text/plain", format!("hi {:?}", r.param_str("who")).into_bytes())
+                } else {
+                    Response::not_found()
+                }
+            }),
+        ));
+        let body = get(&format!("http://{addr}/hello?who=a%20b"), None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(body, b"hi Some(\"a b\")");
+        assert!(get(&format!("http://{addr}/nope"), None, Duration::from_secs(5))
+            .await
+            .is_err());
+    }
+}

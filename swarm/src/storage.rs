@@ -1,0 +1,150 @@
+//! Where pieces live: the storage trait and its implementations. Offsets are in the packed
+//! stream (the used runs concatenated); a [`DeviceStorage`] maps them onto the raw device
+//! through the extent map in O(log runs), a [`PackedFileStorage`] is the packed file itself
+//! (image mode).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blockswarm_manifest::ExtentMap;
+
+/// Random-access storage of the packed stream. Every read and write is complete or an error.
+pub trait Storage: Send + Sync + 'static {
+    /// Fills `buf` with the packed bytes starting at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at packed offset `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Flushes written data to stable storage.
+    fn sync(&self) -> io::Result<()>;
+}
+
+fn with_context(e: io::Error, what: &str, path: &Path, offset: u64) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("{what} {} at byte {offset}: {e}", path.display()),
+    )
+}
+
+/// A raw device (or partition image file) addressed through an extent map.
+pub struct DeviceStorage {
+    file: File,
+    path: PathBuf,
+    map: Arc<ExtentMap>,
+}
+
+impl DeviceStorage {
+    /// `file` must be opened read-only (seeder) or read-write (receiver) by the caller, after
+    /// its safety checks.
+    pub fn new(file: File, path: PathBuf, map: Arc<ExtentMap>) -> Self {
+        Self { file, path, map }
+    }
+}
+
+impl Storage for DeviceStorage {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let segs = self
+            .map
+            .segments(offset, buf.len() as u64)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        for s in segs {
+            let dst = &mut buf[s.buf_offset as usize..(s.buf_offset + s.length) as usize];
+            self.file
+                .read_exact_at(dst, s.device_offset)
+                .map_err(|e| with_context(e, "read", &self.path, s.device_offset))?;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let segs = self
+            .map
+            .segments(offset, data.len() as u64)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        for s in segs {
+            let src = &data[s.buf_offset as usize..(s.buf_offset + s.length) as usize];
+            self.file
+                .write_all_at(src, s.device_offset)
+                .map_err(|e| with_context(e, "write", &self.path, s.device_offset))?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// The packed stream stored as one file (what `imager --save` writes).
+pub struct PackedFileStorage {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl PackedFileStorage {
+    pub fn new(file: File, path: PathBuf, len: u64) -> Self {
+        Self { file, path, len }
+    }
+
+    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
+        if offset.checked_add(len as u64).is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {offset}+{len} beyond packed length {}", self.len),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for PackedFileStorage {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check(offset, buf.len())?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| with_context(e, "read", &self.path, offset))
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check(offset, data.len())?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| with_context(e, "write", &self.path, offset))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockswarm_manifest::Extent;
+
+    #[test]
+    fn device_storage_maps_packed_offsets_through_the_extent_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dev");
+        let dev: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &dev).unwrap();
+        let map = Arc::new(
+            ExtentMap::new(10_000, vec![Extent::new(100, 50), Extent::new(5000, 1000)]).unwrap(),
+        );
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let s = DeviceStorage::new(f, p.clone(), map);
+        let mut buf = vec![0u8; 100];
+        s.read_at(20, &mut buf).unwrap();
+        assert_eq!(&buf[..30], &dev[120..150]);
+        assert_eq!(&buf[30..], &dev[5000..5070]);
+        s.write_at(40, &[7u8; 20]).unwrap();
+        let after = std::fs::read(&p).unwrap();
+        assert_eq!(&after[140..150], &[7u8; 10]);
+        assert_eq!(&after[5000..5010], &[7u8; 10]);
+        assert_eq!(&after[150..5000], &dev[150..5000], "gap untouched");
+        assert!(s.read_at(1040, &mut buf).is_err(), "past the packed end");
+    }
+}

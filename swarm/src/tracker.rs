@@ -1,0 +1,340 @@
+//! HTTP tracker (BEP 3, compact peer lists per BEP 23): the seeder's embedded server and the
+//! announce client used by receivers (which also works against an external tracker such as
+//! opentracker).
+//!
+//! One extension: the seeder's reply carries `blockswarm done` = 1 once every expected
+//! receiver has completed, telling receivers they may stop seeding.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use librqbit_bencode::ByteBuf;
+use serde::{Deserialize, Serialize};
+
+use crate::http::{self, percent_encode, Request, Response};
+use crate::SwarmError;
+
+/// A peer as the tracker knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrackedPeer {
+    pub addr: SocketAddr,
+    pub left: u64,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub completed: bool,
+    #[serde(skip)]
+    pub last_seen: Instant,
+    #[serde(skip)]
+    pub first_seen: Instant,
+    /// Seconds from first announce to the completed event.
+    pub seconds_to_complete: Option<f64>,
+}
+
+/// The seeder's embedded tracker for one torrent.
+pub struct TrackerServer {
+    info_hash: [u8; 20],
+    interval: u64,
+    peers: Mutex<HashMap<[u8; 20], TrackedPeer>>,
+    done: AtomicBool,
+}
+
+#[derive(Serialize)]
+struct ReplyOut<'a> {
+    #[serde(rename = "blockswarm done")]
+    done: u8,
+    complete: u64,
+    incomplete: u64,
+    interval: u64,
+    #[serde(rename = "min interval")]
+    min_interval: u64,
+    peers: ByteBuf<'a>,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    #[serde(rename = "failure reason")]
+    reason: &'a str,
+}
+
+fn bencode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    librqbit_bencode::bencode_serialize_to_writer(v, &mut out).expect("bencode to a Vec");
+    out
+}
+
+fn failure(reason: &str) -> Response {
+    Response::ok("text/plain", bencode(&Failure { reason }))
+}
+
+impl TrackerServer {
+    pub fn new(info_hash: [u8; 20], interval: Duration) -> Self {
+        Self {
+            info_hash,
+            interval: interval.as_secs().max(1),
+            peers: Mutex::new(HashMap::new()),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// Registers a peer that never announces (the seeder itself).
+    pub fn add_static(&self, peer_id: [u8; 20], addr: SocketAddr, complete: bool) {
+        let now = Instant::now();
+        self.peers.lock().expect("tracker lock").insert(
+            peer_id,
+            TrackedPeer {
+                addr,
+                left: if complete { 0 } else { 1 },
+                uploaded: 0,
+                downloaded: 0,
+                completed: complete,
+                last_seen: now + Duration::from_secs(86400 * 365),
+                first_seen: now,
+                seconds_to_complete: None,
+            },
+        );
+    }
+
+    /// Tells announcing receivers that the deployment is done.
+    pub fn set_done(&self, done: bool) {
+        self.done.store(done, Ordering::Relaxed);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Every known peer.
+    pub fn snapshot(&self) -> Vec<([u8; 20], TrackedPeer)> {
+        let mut v: Vec<_> = self
+            .peers
+            .lock()
+            .expect("tracker lock")
+            .iter()
+            .map(|(k, p)| (*k, p.clone()))
+            .collect();
+        v.sort_by_key(|(_, p)| p.addr);
+        v
+    }
+
+    /// Handles `GET /announce?...`.
+    pub fn announce(&self, req: &Request) -> Response {
+        let Some(ih) = req.param("info_hash") else {
+            return failure("missing info_hash");
+        };
+        if ih != self.info_hash {
+            return failure("unknown info_hash: this tracker serves one torrent");
+        }
+        let Some(pid) = req.param("peer_id").and_then(|p| <[u8; 20]>::try_from(p).ok()) else {
+            return failure("missing or malformed peer_id");
+        };
+        let Some(port) = req.param_str("port").and_then(|p| p.parse::<u16>().ok()) else {
+            return failure("missing or malformed port");
+        };
+        let num = |k: &str| req.param_str(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ip = req
+            .param_str("ip")
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            .unwrap_or(req.peer.ip());
+        let event = req.param_str("event").unwrap_or_default();
+        let left = num("left");
+        let now = Instant::now();
+        let mut peers = self.peers.lock().expect("tracker lock");
+        // Forget peers silent for three intervals.
+        let ttl = Duration::from_secs(self.interval * 3);
+        peers.retain(|_, p| now.saturating_duration_since(p.last_seen) < ttl);
+        if event == "stopped" {
+            peers.remove(&pid);
+        } else {
+            let e = peers.entry(pid).or_insert_with(|| TrackedPeer {
+                addr: SocketAddr::new(ip, port),
+                left,
+                uploaded: 0,
+                downloaded: 0,
+                completed: false,
+                last_seen: now,
+                first_seen: now,
+                seconds_to_complete: None,
+            });
+            e.addr = SocketAddr::new(ip, port);
+            e.left = left;
+            e.uploaded = num("uploaded");
+            e.downloaded = num("downloaded");
+            e.last_seen = now;
+            if left == 0 && !e.completed {
+                e.completed = true;
+                e.seconds_to_complete = Some(now.duration_since(e.first_seen).as_secs_f64());
+            }
+        }
+        let mut compact = Vec::new();
+        let (mut complete, mut incomplete) = (0, 0);
+        for (id, p) in peers.iter() {
+            if p.completed {
+                complete += 1;
+            } else {
+                incomplete += 1;
+            }
+            if *id == pid {
+                continue;
+            }
+            if let SocketAddr::V4(a) = p.addr {
+                compact.extend_from_slice(&a.ip().octets());
+                compact.extend_from_slice(&a.port().to_be_bytes());
+            }
+        }
+        drop(peers);
+        Response::ok(
+            "text/plain",
+            bencode(&ReplyOut {
+                done: self.is_done() as u8,
+                complete,
+                incomplete,
+                interval: self.interval,
+                min_interval: 1,
+                peers: ByteBuf(&compact),
+            }),
+        )
+    }
+}
+
+/// One announce to send.
+#[derive(Debug, Clone)]
+pub struct Announce<'a> {
+    pub url: &'a str,
+    pub info_hash: [u8; 20],
+    pub peer_id: [u8; 20],
+    pub port: u16,
+    pub ip: Option<IpAddr>,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+    pub event: Option<&'static str>,
+}
+
+/// What a tracker answered.
+#[derive(Debug, Clone)]
+pub struct AnnounceReply {
+    pub interval: Duration,
+    pub peers: Vec<SocketAddr>,
+    /// The blockswarm seeder says every expected receiver is done.
+    pub done: bool,
+}
+
+#[derive(Deserialize)]
+struct ReplyIn<'a> {
+    #[serde(rename = "failure reason", borrow, default)]
+    failure: Option<ByteBuf<'a>>,
+    #[serde(default)]
+    interval: Option<u64>,
+    #[serde(borrow, default)]
+    peers: Option<ByteBuf<'a>>,
+    #[serde(rename = "blockswarm done", default)]
+    done: Option<u64>,
+}
+
+/// Parses a tracker reply (compact peer list).
+pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, SwarmError> {
+    let r: ReplyIn<'_> = librqbit_bencode::from_bytes(body)
+        .map_err(|e| SwarmError::Tracker(format!("unreadable reply: {e}")))?;
+    if let Some(f) = r.failure {
+        return Err(SwarmError::Tracker(format!(
+            "tracker refused: {}",
+            String::from_utf8_lossy(f.0)
+        )));
+    }
+    let peers = r
+        .peers
+        .map(|p| {
+            p.0.chunks_exact(6)
+                .map(|c| {
+                    SocketAddr::V4(SocketAddrV4::new(
+                        Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                        u16::from_be_bytes([c[4], c[5]]),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(AnnounceReply {
+        interval: Duration::from_secs(r.interval.unwrap_or(30).clamp(1, 3600)),
+        peers,
+        done: r.done == Some(1),
+    })
+}
+
+/// Sends an announce.
+pub async fn announce(a: &Announce<'_>, bind_ip: Option<IpAddr>) -> Result<AnnounceReply, SwarmError> {
+    let sep = if a.url.contains('?') { '&' } else { '?' };
+    let mut url = format!(
+        "{}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant=200",
+        a.url,
+        percent_encode(&a.info_hash),
+        percent_encode(&a.peer_id),
+        a.port,
+        a.uploaded,
+        a.downloaded,
+        a.left
+    );
+    if let Some(ip) = a.ip {
+        url.push_str(&format!("&ip={ip}"));
+    }
+    if let Some(ev) = a.event {
+        url.push_str(&format!("&event={ev}"));
+    }
+    let body = http::get(&url, bind_ip, Duration::from_secs(10)).await?;
+    parse_reply(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn announce_round_trip_lists_other_peers_and_completion() {
+        let ih = [7u8; 20];
+        let t = std::sync::Arc::new(TrackerServer::new(ih, Duration::from_secs(5)));
+        let seeder: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        t.add_static([1u8; 20], seeder, true);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let t2 = t.clone();
+        tokio::spawn(http::serve(
+            l,
+            std::sync::Arc::new(move |r: Request| {
+                let t = t2.clone();
+                async move { t.announce(&r) }
+            }),
+        ));
+        let url = format!("http://{addr}/announce");
+        let mut a = Announce {
+            url: &url,
+            info_hash: ih,
+            peer_id: [2u8; 20],
+            port: 7001,
+            ip: Some("127.0.0.2".parse().unwrap()),
+            uploaded: 0,
+            downloaded: 0,
+            left: 100,
+            event: Some("started"),
+        };
+        let r = announce(&a, None).await.unwrap();
+        assert_eq!(r.peers, vec![seeder]);
+        assert!(!r.done);
+        a.peer_id = [3u8; 20];
+        a.port = 7002;
+        let r = announce(&a, None).await.unwrap();
+        assert_eq!(r.peers.len(), 2);
+        assert!(r.peers.contains(&"127.0.0.2:7001".parse().unwrap()));
+        a.left = 0;
+        a.event = Some("completed");
+        t.set_done(true);
+        let r = announce(&a, None).await.unwrap();
+        assert!(r.done);
+        let snap = t.snapshot();
+        assert!(snap.iter().any(|(id, p)| *id == [3u8; 20] && p.completed));
+        a.info_hash = [9u8; 20];
+        assert!(matches!(announce(&a, None).await, Err(SwarmError::Tracker(_))));
+    }
+}
