@@ -1,0 +1,528 @@
+//! `seeder`: serves a blockswarm deployment. Reads the manifest (file or stdin), serves the
+//! data straight from the source partition (or from an `imager --save` directory), runs an
+//! HTTP server with the manifest, a tracker and a status page, and with `--expect N` exits 0
+//! once N receivers are complete.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{IsTerminal, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockswarm_manifest::{device, exit, DecodedManifest, Manifest};
+use blockswarm_swarm::http::{self, Request, Response};
+use blockswarm_swarm::tracker::{self, Announce, TrackerServer};
+use blockswarm_swarm::{
+    new_peer_id, DeviceStorage, PackedFileStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
+};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// Parses sizes like `16M`, `100k`, `1G` (bytes, powers of 1024) or a plain number.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (examples: 12M, 500k, 1G)"))?;
+    if v <= 0.0 {
+        return Err(format!("size must be positive: {s:?}"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// Serves a blockswarm deployment: `imager /dev/sda1 | seeder --expect 30`.
+#[derive(Debug, Parser)]
+#[command(name = "seeder", version, about, long_about = None)]
+pub struct Cli {
+    /// Manifest file written by imager; `-` or absent: read it from stdin.
+    #[arg(env = "SEEDER_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+
+    /// Serve from this device or image instead of the source path recorded in the manifest.
+    #[arg(long, env = "SEEDER_SOURCE", conflicts_with = "image")]
+    pub source: Option<PathBuf>,
+
+    /// Image mode: serve the packed file from a directory written by `imager --save DIR`
+    /// (the manifest defaults to DIR/<name>.torrent, the only .torrent there).
+    #[arg(long, env = "SEEDER_IMAGE", value_name = "DIR")]
+    pub image: Option<PathBuf>,
+
+    /// BitTorrent listen address.
+    #[arg(long, env = "SEEDER_LISTEN", default_value = "0.0.0.0:6881")]
+    pub listen: SocketAddr,
+
+    /// HTTP listen address (manifest, tracker, status).
+    #[arg(long, env = "SEEDER_HTTP", default_value = "0.0.0.0:6880")]
+    pub http: SocketAddr,
+
+    /// Address receivers should use to reach this machine (default: the --http address if
+    /// it is not 0.0.0.0, else the address of the interface with the default route).
+    #[arg(long, env = "SEEDER_ADVERTISE")]
+    pub advertise: Option<IpAddr>,
+
+    /// Use this external tracker (e.g. opentracker) instead of the embedded one.
+    #[arg(long, env = "SEEDER_TRACKER")]
+    pub tracker: Option<String>,
+
+    /// Exit 0 once N receivers have completed and no known receiver still needs data.
+    #[arg(long, env = "SEEDER_EXPECT")]
+    pub expect: Option<usize>,
+
+    /// Cap upload at this many bytes per second (e.g. 12M).
+    #[arg(long, env = "SEEDER_UPLOAD_LIMIT", value_parser = parse_size)]
+    pub upload_limit: Option<u64>,
+
+    /// Tracker announce interval in seconds given to receivers.
+    #[arg(long, env = "SEEDER_ANNOUNCE_INTERVAL", default_value_t = 3)]
+    pub announce_interval: u64,
+
+    /// No progress bar.
+    #[arg(short, long, env = "SEEDER_QUIET")]
+    pub quiet: bool,
+
+    /// More logs (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Seeder failures, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum SeederError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failure(String),
+}
+
+impl SeederError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SeederError::BadInput(_) => exit::BAD_INPUT,
+            SeederError::Refused(_) => exit::REFUSED,
+            SeederError::Failure(_) => exit::FAILURE,
+        }
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> SeederError {
+    SeederError::BadInput(e.to_string())
+}
+
+fn fail(e: impl std::fmt::Display) -> SeederError {
+    SeederError::Failure(e.to_string())
+}
+
+fn read_manifest(cli: &Cli) -> Result<(Vec<u8>, DecodedManifest), SeederError> {
+    let from_image_dir = || -> Result<Option<PathBuf>, SeederError> {
+        let Some(dir) = &cli.image else {
+            return Ok(None);
+        };
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| bad(format!("cannot read image directory {}: {e}", dir.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+            .collect();
+        if found.len() != 1 {
+            return Err(bad(format!(
+                "{} holds {} .torrent files; name the manifest explicitly",
+                dir.display(),
+                found.len()
+            )));
+        }
+        Ok(found.pop())
+    };
+    let path = match &cli.manifest {
+        Some(p) if p.as_os_str() != "-" => Some(p.clone()),
+        _ => from_image_dir()?,
+    };
+    let bytes = match path {
+        Some(p) => std::fs::read(&p)
+            .map_err(|e| bad(format!("cannot read manifest {}: {e}", p.display())))?,
+        None => {
+            if std::io::stdin().is_terminal() {
+                return Err(bad(
+                    "no manifest: pipe one in (imager SOURCE | seeder) or name a file",
+                ));
+            }
+            let mut b = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .map_err(|e| bad(format!("cannot read manifest from stdin: {e}")))?;
+            b
+        }
+    };
+    let d = Manifest::decode(&bytes).map_err(|e| bad(format!("invalid manifest: {e}")))?;
+    Ok((bytes, d))
+}
+
+fn open_storage(cli: &Cli, m: &Manifest) -> Result<(Arc<dyn Storage>, String), SeederError> {
+    if let Some(dir) = &cli.image {
+        let path = dir.join(&m.name);
+        let f = File::open(&path)
+            .map_err(|e| bad(format!("cannot open packed file {}: {e}", path.display())))?;
+        let len = device::file_size(&f).map_err(bad)?;
+        if len != m.total_length() {
+            return Err(bad(format!(
+                "{} is {len} bytes but the manifest describes {} (wrong or partial image?)",
+                path.display(),
+                m.total_length()
+            )));
+        }
+        let desc = format!("image {}", path.display());
+        return Ok((
+            Arc::new(PackedFileStorage::new(f, path, len)),
+            desc,
+        ));
+    }
+    let path: PathBuf = match (&cli.source, &m.source) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => PathBuf::from(s),
+        (None, None) => {
+            return Err(bad(
+                "the manifest names no source device: pass --source DEV or --image DIR",
+            ))
+        }
+    };
+    let f = File::open(&path)
+        .map_err(|e| bad(format!("cannot open source {}: {e}", path.display())))?;
+    let size = device::file_size(&f).map_err(bad)?;
+    if size < m.map.device_size() {
+        return Err(bad(format!(
+            "source {} is {size} bytes, smaller than the manifest's device ({} bytes): wrong device?",
+            path.display(),
+            m.map.device_size()
+        )));
+    }
+    if let Some(mnt) = device::mount_of(&path) {
+        if mnt.read_write {
+            return Err(SeederError::Refused(format!(
+                "source {} is mounted read-write on {}: data would change under the receivers; unmount it or remount read-only",
+                path.display(),
+                mnt.mountpoint
+            )));
+        }
+    }
+    // A shared lock tells a receiver on this machine that the device is a live source.
+    if let Err(e) = f.try_lock_shared() {
+        warn!("could not lock {} shared: {e}", path.display());
+    }
+    let desc = format!("source {}", path.display());
+    Ok((
+        Arc::new(DeviceStorage::new(f, path, Arc::new(m.map.clone()))),
+        desc,
+    ))
+}
+
+/// The address receivers use for us.
+fn advertise_ip(cli: &Cli) -> IpAddr {
+    if let Some(ip) = cli.advertise {
+        return ip;
+    }
+    if !cli.http.ip().is_unspecified() {
+        return cli.http.ip();
+    }
+    // The local address a UDP socket would use towards a LAN-ish destination; no packet is
+    // sent by connect() on UDP.
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("10.255.255.255:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    name: &'a str,
+    info_hash: String,
+    total_bytes: u64,
+    pieces: u32,
+    uploaded: u64,
+    uploaded_copies: f64,
+    expect: Option<usize>,
+    completed: usize,
+    done: bool,
+    receivers: Vec<ReceiverStatus>,
+}
+
+#[derive(Serialize)]
+struct ReceiverStatus {
+    peer_id: String,
+    addr: String,
+    bytes_done: u64,
+    completed: bool,
+    uploaded: u64,
+    downloaded: u64,
+    seconds_to_complete: Option<f64>,
+}
+
+struct App {
+    name: String,
+    info_hash: [u8; 20],
+    total: u64,
+    served_manifest: Vec<u8>,
+    tracker: Arc<TrackerServer>,
+    swarm: Swarm,
+    seeder_id: [u8; 20],
+    expect: Option<usize>,
+}
+
+impl App {
+    fn receivers(&self) -> Vec<ReceiverStatus> {
+        self.tracker
+            .snapshot()
+            .into_iter()
+            .filter(|(id, _)| *id != self.seeder_id)
+            .map(|(id, p)| ReceiverStatus {
+                peer_id: hex::encode(id),
+                addr: p.addr.to_string(),
+                bytes_done: self.total.saturating_sub(p.left),
+                completed: p.completed,
+                uploaded: p.uploaded,
+                downloaded: p.downloaded,
+                seconds_to_complete: p.seconds_to_complete,
+            })
+            .collect()
+    }
+
+    fn status_json(&self) -> Vec<u8> {
+        let receivers = self.receivers();
+        let uploaded = self.swarm.stats().uploaded;
+        let s = Status {
+            name: &self.name,
+            info_hash: hex::encode(self.info_hash),
+            total_bytes: self.total,
+            pieces: self.swarm.stats().pieces_total,
+            uploaded,
+            uploaded_copies: uploaded as f64 / self.total as f64,
+            expect: self.expect,
+            completed: receivers.iter().filter(|r| r.completed).count(),
+            done: self.tracker.is_done(),
+            receivers,
+        };
+        serde_json::to_vec_pretty(&s).expect("status serializes")
+    }
+
+    fn handle(&self, r: &Request) -> Response {
+        let torrent_path = format!("/{}.torrent", self.name);
+        match r.path.as_str() {
+            "/announce" => self.tracker.announce(r),
+            "/status" => Response::ok("application/json", self.status_json()),
+            p if p == torrent_path || p == "/manifest.torrent" => {
+                Response::ok("application/x-bittorrent", self.served_manifest.clone())
+            }
+            "/" => Response::ok(
+                "text/plain",
+                format!("blockswarm seeder: GET {torrent_path}, /announce, /status\n").into_bytes(),
+            ),
+            _ => Response::not_found(),
+        }
+    }
+}
+
+/// Runs the seeder until done (with `--expect`) or killed.
+pub async fn run(cli: Cli) -> Result<(), SeederError> {
+    let (_raw, decoded) = read_manifest(&cli)?;
+    let m = decoded.manifest;
+    let info_hash = decoded.info_hash;
+    let (storage, desc) = open_storage(&cli, &m)?;
+
+    let bt = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", cli.listen)))?;
+    let web = tokio::net::TcpListener::bind(cli.http)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", cli.http)))?;
+    let bt_addr = bt.local_addr().map_err(fail)?;
+    let web_addr = web.local_addr().map_err(fail)?;
+    let ip = advertise_ip(&cli);
+    let base = if ip.is_ipv6() {
+        format!("http://[{ip}]:{}", web_addr.port())
+    } else {
+        format!("http://{ip}:{}", web_addr.port())
+    };
+    let announce_url = cli
+        .tracker
+        .clone()
+        .unwrap_or_else(|| format!("{base}/announce"));
+
+    let mut served = m.clone();
+    served.announce = Some(announce_url.clone());
+    let served_manifest = served.encode().map_err(fail)?;
+
+    let peer_id = new_peer_id();
+    let opts = SwarmOptions {
+        upload_limit: cli.upload_limit,
+        prefer_unsent: true,
+        bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
+        ..Default::default()
+    };
+    let info = TorrentInfo {
+        info_hash,
+        piece_length: m.piece_length,
+        total_length: m.total_length(),
+        piece_hashes: Arc::new(m.piece_hashes.clone()),
+    };
+    let n = m.num_pieces() as usize;
+    // Seed mode: trust the imager's hashes, serve at once.
+    let swarm = Swarm::start(info, peer_id, storage, vec![true; n], bt, opts).map_err(fail)?;
+    let tracker = Arc::new(TrackerServer::new(
+        info_hash,
+        Duration::from_secs(cli.announce_interval),
+    ));
+    let my_bt = SocketAddr::new(ip, bt_addr.port());
+    tracker.add_static(peer_id, my_bt, true);
+
+    let app = Arc::new(App {
+        name: m.name.clone(),
+        info_hash,
+        total: m.total_length(),
+        served_manifest,
+        tracker: tracker.clone(),
+        swarm: swarm.clone(),
+        seeder_id: peer_id,
+        expect: cli.expect,
+    });
+    let handler_app = app.clone();
+    tokio::spawn(http::serve(
+        web,
+        Arc::new(move |r: Request| {
+            let a = handler_app.clone();
+            async move { a.handle(&r) }
+        }),
+    ));
+
+    let manifest_url = format!("{base}/{}.torrent", m.name);
+    eprintln!(
+        "seeder: serving {} ({} used bytes, {} pieces) from {desc}",
+        m.name,
+        m.total_length(),
+        m.num_pieces()
+    );
+    eprintln!("seeder: on each target run:  receiver --manifest {manifest_url} --target /dev/TARGET");
+    info!(%manifest_url, %announce_url, bt = %my_bt, "seeder ready");
+
+    // With an external tracker, announce ourselves there.
+    if cli.tracker.is_some() {
+        let s = swarm.clone();
+        let url = announce_url.clone();
+        let port = bt_addr.port();
+        tokio::spawn(async move {
+            loop {
+                let a = Announce {
+                    url: &url,
+                    info_hash,
+                    peer_id,
+                    port,
+                    ip: Some(ip),
+                    uploaded: s.stats().uploaded,
+                    downloaded: 0,
+                    left: 0,
+                    event: None,
+                };
+                let wait = match tracker::announce(&a, None).await {
+                    Ok(r) => {
+                        s.add_peers(r.peers);
+                        r.interval.min(Duration::from_secs(5))
+                    }
+                    Err(e) => {
+                        warn!("external tracker: {e}");
+                        Duration::from_secs(5)
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    let pb = if cli.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+        pb
+    };
+    let started = Instant::now();
+    let mut done_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(e) = swarm.fatal_error() {
+            return Err(fail(e));
+        }
+        let receivers = app.receivers();
+        let completed = receivers.iter().filter(|r| r.completed).count();
+        let pending = receivers.len() - completed;
+        let uploaded = swarm.stats().uploaded;
+        pb.set_message(format!(
+            "uploaded {:.1} MiB ({:.2} copies), receivers done {completed}/{}",
+            uploaded as f64 / 1048576.0,
+            uploaded as f64 / m.total_length() as f64,
+            cli.expect.map_or("?".to_string(), |n| n.to_string()),
+        ));
+        pb.tick();
+        if let Some(n) = cli.expect {
+            if completed >= n && pending == 0 {
+                if done_since.is_none() {
+                    tracker.set_done(true);
+                    done_since = Some(Instant::now());
+                    info!(completed, "all expected receivers complete");
+                }
+            } else if done_since.is_some() && pending > 0 {
+                // A latecomer still needs data: keep going.
+                tracker.set_done(false);
+                done_since = None;
+            }
+            // Give receivers two announce intervals to learn that we are done.
+            if let Some(t) = done_since {
+                if t.elapsed() > Duration::from_secs(cli.announce_interval * 2 + 1) {
+                    pb.finish_and_clear();
+                    eprintln!(
+                        "seeder: {completed} receivers complete in {:.1} s; uploaded {uploaded} bytes = {:.2} copies",
+                        started.elapsed().as_secs_f64(),
+                        uploaded as f64 / m.total_length() as f64
+                    );
+                    println!("{}", String::from_utf8_lossy(&app.status_json()));
+                    swarm.disconnect_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("fast").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
