@@ -33,6 +33,9 @@ fn dd_block_size(size: u64) -> u64 {
     }
 }
 
+/// Largest tail after the last NTFS cluster that is copied along (backup boot sector).
+const NTFS_TAIL_MAX: u64 = 64 * 1024;
+
 fn not_fs(path: &Path, fs: &str, reason: impl std::fmt::Display) -> ImagerError {
     ImagerError::NotFilesystem {
         path: path.to_path_buf(),
@@ -115,7 +118,7 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
                 path,
                 ub.fs_type().to_string(),
                 ub.block_size(),
-                ub.device_size(),
+                ub.fs_size(),
                 size,
                 ub.runs(),
                 "libext2fs",
@@ -123,13 +126,24 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
         }
         "ntfs" => {
             let ub = partclone_sys::UsedBlocks::open_ntfs(path).map_err(|e| not_fs(path, "ntfs", e))?;
+            // The clusters end before the volume's last sector, which holds the backup boot
+            // sector; copy that short tail too so the target's volume is complete.
+            let tail = (ub.fs_size() < size && size - ub.fs_size() <= NTFS_TAIL_MAX)
+                .then(|| (ub.fs_size(), size - ub.fs_size()));
+            let mut runs: Vec<(u64, u64)> = ub.runs().collect();
+            if let Some((off, len)) = tail {
+                match runs.last_mut() {
+                    Some(last) if last.0 + last.1 == off => last.1 += len,
+                    _ => runs.push((off, len)),
+                }
+            }
             from_runs(
                 path,
                 "ntfs".into(),
                 ub.block_size(),
-                ub.device_size(),
+                ub.fs_size(),
                 size,
-                ub.runs(),
+                runs,
                 "libntfs-3g",
             )
         }
@@ -144,9 +158,7 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             from_runs(path, u.fs_type, u.block_size, 0, size, u.runs, "rust")
         }
         other => {
-            let module = fsmap::partclone_module_for(other)
-                .ok_or_else(|| ImagerError::UnknownFs(other.into()))?;
-            let u = fsmap::partclone_usage(module, path, size)
+            let u = fsmap::partclone_usage(other, path, size)
                 .map_err(|e| ImagerError::Backend(format!("{}: {e}", path.display())))?;
             from_runs(path, u.fs_type, u.block_size, 0, size, u.runs, "partclone")
         }
@@ -154,14 +166,17 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
 }
 
 /// Writes the map as a ddrescue domain mapfile, the format of `partclone.<fs> -D`.
-pub fn write_mapfile(out: &mut dyn io::Write, used: &UsedMap) -> io::Result<()> {
+pub fn write_mapfile(out: &mut dyn io::Write, used: &UsedMap) -> Result<(), ImagerError> {
     let runs: Vec<(u64, u64)> = used
         .map
         .extents()
         .iter()
         .map(|e| (e.offset, e.length))
         .collect();
-    fsmap::write_mapfile(out, &runs, used.map.device_size())
+    fsmap::write_mapfile(out, &runs, used.map.device_size()).map_err(|e| ImagerError::Output {
+        path: "<stdout>".into(),
+        source: io::Error::other(e.to_string()),
+    })
 }
 
 /// The text of `imager --list-fs`.

@@ -152,10 +152,7 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     if cli.map {
         let stdout = io::stdout();
         let mut out = stdout.lock();
-        backend::write_mapfile(&mut out, &used).map_err(|e| ImagerError::Output {
-            path: "<stdout>".into(),
-            source: e,
-        })?;
+        backend::write_mapfile(&mut out, &used)?;
         return Ok(());
     }
 
