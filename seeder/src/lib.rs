@@ -267,6 +267,7 @@ struct ReceiverStatus {
     addr: String,
     bytes_done: u64,
     completed: bool,
+    gone: bool,
     uploaded: u64,
     downloaded: u64,
     seconds_to_complete: Option<f64>,
@@ -294,6 +295,7 @@ impl App {
                 addr: p.addr.to_string(),
                 bytes_done: self.total.saturating_sub(p.left),
                 completed: p.completed,
+                gone: p.gone,
                 uploaded: p.uploaded,
                 downloaded: p.downloaded,
                 seconds_to_complete: p.seconds_to_complete,
@@ -467,7 +469,10 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         }
         let receivers = app.receivers();
         let completed = receivers.iter().filter(|r| r.completed).count();
-        let pending = receivers.len() - completed;
+        let pending = receivers
+            .iter()
+            .filter(|r| !r.completed && !r.gone)
+            .count();
         let uploaded = swarm.stats().uploaded;
         pb.set_message(format!(
             "uploaded {:.1} MiB ({:.2} copies), receivers done {completed}/{}",

@@ -25,6 +25,8 @@ pub struct TrackedPeer {
     pub uploaded: u64,
     pub downloaded: u64,
     pub completed: bool,
+    /// Sent `event=stopped` or went silent: kept for the status page, not handed out.
+    pub gone: bool,
     #[serde(skip)]
     pub last_seen: Instant,
     #[serde(skip)]
@@ -90,6 +92,7 @@ impl TrackerServer {
                 uploaded: 0,
                 downloaded: 0,
                 completed: complete,
+                gone: false,
                 last_seen: now + Duration::from_secs(86400 * 365),
                 first_seen: now,
                 seconds_to_complete: None,
@@ -142,11 +145,17 @@ impl TrackerServer {
         let left = num("left");
         let now = Instant::now();
         let mut peers = self.peers.lock().expect("tracker lock");
-        // Forget peers silent for three intervals.
+        // Peers silent for three intervals are gone (kept for the status page).
         let ttl = Duration::from_secs(self.interval * 3);
-        peers.retain(|_, p| now.saturating_duration_since(p.last_seen) < ttl);
+        for p in peers.values_mut() {
+            if now.saturating_duration_since(p.last_seen) >= ttl {
+                p.gone = true;
+            }
+        }
         if event == "stopped" {
-            peers.remove(&pid);
+            if let Some(p) = peers.get_mut(&pid) {
+                p.gone = true;
+            }
         } else {
             let e = peers.entry(pid).or_insert_with(|| TrackedPeer {
                 addr: SocketAddr::new(ip, port),
@@ -154,10 +163,12 @@ impl TrackerServer {
                 uploaded: 0,
                 downloaded: 0,
                 completed: false,
+                gone: false,
                 last_seen: now,
                 first_seen: now,
                 seconds_to_complete: None,
             });
+            e.gone = false;
             e.addr = SocketAddr::new(ip, port);
             e.left = left;
             e.uploaded = num("uploaded");
@@ -170,7 +181,7 @@ impl TrackerServer {
         }
         let mut compact = Vec::new();
         let (mut complete, mut incomplete) = (0, 0);
-        for (id, p) in peers.iter() {
+        for (id, p) in peers.iter().filter(|(_, p)| !p.gone) {
             if p.completed {
                 complete += 1;
             } else {
