@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use blockswarm_manifest::{device, exit, Manifest};
 use blockswarm_swarm::tracker::{self, Announce};
-use blockswarm_swarm::{http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo};
+use blockswarm_swarm::{
+    http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
+};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha1::{Digest, Sha1};
@@ -80,6 +82,10 @@ pub struct Cli {
     #[arg(long, env = "RECEIVER_TRACKER")]
     pub tracker: Option<String>,
 
+    /// Also connect to this peer (IP:PORT; repeatable). With --peer the tracker is optional.
+    #[arg(long = "peer", env = "RECEIVER_PEERS", value_delimiter = ',')]
+    pub peers: Vec<SocketAddr>,
+
     /// Keep retrying an unreachable seeder (manifest URL, tracker) this long before giving
     /// up [default: 60s].
     #[arg(long, env = "RECEIVER_RETRY_FOR", value_parser = parse_duration)]
@@ -134,6 +140,7 @@ pub struct Settings {
     pub verify: bool,
     pub resume: bool,
     pub tracker: Option<String>,
+    pub peers: Vec<SocketAddr>,
     pub retry_for: Duration,
     pub quiet: bool,
 }
@@ -159,9 +166,8 @@ impl Settings {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let err = |m: String| {
-                    ReceiverError::Usage(format!("{}:{}: {m}", path.display(), n + 1))
-                };
+                let err =
+                    |m: String| ReceiverError::Usage(format!("{}:{}: {m}", path.display(), n + 1));
                 let (k, v) = line
                     .split_once('=')
                     .ok_or_else(|| err("expected KEY=VALUE".into()))?;
@@ -175,17 +181,23 @@ impl Settings {
                     "SEED_AFTER" => file.seed_after = Some(parse_duration(v).map_err(err)?),
                     "RETRY_FOR" => file.retry_for = Some(parse_duration(v).map_err(err)?),
                     "TRACKER" => file.tracker = Some(v.into()),
+                    "PEERS" => {
+                        file.peers = v
+                            .split(',')
+                            .map(|p| p.trim().parse())
+                            .collect::<Result<_, _>>()
+                            .map_err(|_| err(format!("bad PEERS {v:?}")))?
+                    }
                     "VERIFY" => f_verify = Some(truthy(v).map_err(err)?),
                     "RESUME" => f_resume = Some(truthy(v).map_err(err)?),
                     other => return Err(err(format!("unknown key {other:?}"))),
                 }
             }
         }
-        let manifest = cli
-            .manifest
-            .clone()
-            .or(file.manifest)
-            .ok_or_else(|| ReceiverError::Usage("no manifest: pass --manifest FILE|URL".into()))?;
+        let manifest =
+            cli.manifest.clone().or(file.manifest).ok_or_else(|| {
+                ReceiverError::Usage("no manifest: pass --manifest FILE|URL".into())
+            })?;
         let target = cli
             .target
             .clone()
@@ -205,6 +217,11 @@ impl Settings {
             verify: cli.verify || f_verify.unwrap_or(false),
             resume: !cli.no_resume && f_resume.unwrap_or(true),
             tracker: cli.tracker.clone().or(file.tracker),
+            peers: if cli.peers.is_empty() {
+                file.peers
+            } else {
+                cli.peers.clone()
+            },
             retry_for: cli
                 .retry_for
                 .or(file.retry_for)
@@ -256,7 +273,11 @@ async fn fetch_manifest(
 }
 
 /// Opens the target after every check; nothing is written here.
-fn open_target(s: &Settings, m: &Manifest, source_may_be_local: bool) -> Result<File, ReceiverError> {
+fn open_target(
+    s: &Settings,
+    m: &Manifest,
+    source_may_be_local: bool,
+) -> Result<File, ReceiverError> {
     let t = &s.target;
     if !t.exists() {
         return Err(ReceiverError::BadTarget(format!(
@@ -282,7 +303,12 @@ fn open_target(s: &Settings, m: &Manifest, source_may_be_local: bool) -> Result<
     Ok(f)
 }
 
-fn piece_ok(storage: &dyn Storage, m: &Manifest, i: u32, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+fn piece_ok(
+    storage: &dyn Storage,
+    m: &Manifest,
+    i: u32,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
     let (off, len) = m.piece_range(i);
     buf.resize(len as usize, 0);
     storage.read_at(off, buf)?;
@@ -299,15 +325,12 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         .map_err(|e| ReceiverError::BadManifest(format!("invalid manifest: {e}")))?;
     let m = Arc::new(decoded.manifest);
     let info_hash = decoded.info_hash;
-    let announce_url = s
-        .tracker
-        .clone()
-        .or_else(|| m.announce.clone())
-        .ok_or_else(|| {
-            ReceiverError::BadManifest(
-                "the manifest names no tracker: fetch it from the seeder's URL or pass --tracker".into(),
-            )
-        })?;
+    let announce_url = s.tracker.clone().or_else(|| m.announce.clone());
+    if announce_url.is_none() && s.peers.is_empty() {
+        return Err(ReceiverError::BadManifest(
+            "the manifest names no tracker: fetch it from the seeder's URL, or pass --tracker or --peer".into(),
+        ));
+    }
     let file = open_target(&s, &m, source_may_be_local)?;
     let storage: Arc<dyn Storage> = Arc::new(DeviceStorage::new(
         file,
@@ -375,9 +398,9 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let (reach_tx, reach_rx) = tokio::sync::watch::channel(Instant::now());
     let reached_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
+    swarm.add_peers(s.peers.iter().copied());
+    if let Some(url) = announce_url.clone() {
         let sw = swarm.clone();
-        let url = announce_url.clone();
         let total = m.total_length();
         let reached_once = reached_once.clone();
         tokio::spawn(async move {
@@ -460,8 +483,9 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             && started.elapsed() > s.retry_for
         {
             return Err(ReceiverError::Unreachable(format!(
-                "no tracker reply and no peer after {:.0} s ({announce_url}); target untouched",
-                started.elapsed().as_secs_f64()
+                "no tracker reply and no peer after {:.0} s ({}); target untouched",
+                started.elapsed().as_secs_f64(),
+                announce_url.as_deref().unwrap_or("no tracker")
             )));
         }
         swarm.changed().await;
@@ -500,7 +524,10 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
                 bad[0]
             )));
         }
-        eprintln!("receiver: verified all {} pieces on the target", m.num_pieces());
+        eprintln!(
+            "receiver: verified all {} pieces on the target",
+            m.num_pieces()
+        );
     }
 
     // Seed until the seeder says the swarm is done, the seed time runs out, or the seeder is
@@ -514,7 +541,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             info!("seed time over");
             break;
         }
-        if reach_rx.borrow().elapsed() > Duration::from_secs(30) {
+        if announce_url.is_some() && reach_rx.borrow().elapsed() > Duration::from_secs(30) {
             info!("seeder unreachable for 30 s; stopping");
             break;
         }
@@ -524,21 +551,23 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     swarm.disconnect_all();
-    let _ = tracker::announce(
-        &Announce {
-            url: &announce_url,
-            info_hash,
-            peer_id,
-            port,
-            ip: bind_ip,
-            uploaded: swarm.stats().uploaded,
-            downloaded: swarm.stats().downloaded,
-            left: 0,
-            event: Some("stopped"),
-        },
-        bind_ip,
-    )
-    .await;
+    if let Some(url) = &announce_url {
+        let _ = tracker::announce(
+            &Announce {
+                url,
+                info_hash,
+                peer_id,
+                port,
+                ip: bind_ip,
+                uploaded: swarm.stats().uploaded,
+                downloaded: swarm.stats().downloaded,
+                left: 0,
+                event: Some("stopped"),
+            },
+            bind_ip,
+        )
+        .await;
+    }
     Ok(())
 }
 
@@ -581,7 +610,10 @@ mod tests {
             config: Some(p),
             ..Default::default()
         };
-        assert!(matches!(Settings::resolve(&cli), Err(ReceiverError::Usage(_))));
+        assert!(matches!(
+            Settings::resolve(&cli),
+            Err(ReceiverError::Usage(_))
+        ));
     }
 
     #[test]

@@ -26,6 +26,10 @@ use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
 
+/// How long a seeder keeps rejecting a peer's requests for a piece assigned to another peer,
+/// and how long a peer avoids asking again for a piece it was refused.
+pub const REJECT_WINDOW: Duration = Duration::from_secs(2);
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct SwarmOptions {
@@ -41,8 +45,11 @@ pub struct SwarmOptions {
     pub bind_ip: Option<IpAddr>,
     /// A requested block not received after this long is requested again elsewhere.
     pub request_timeout: Duration,
-    /// Seeder behaviour: when several blocks are queued for upload, send first the ones of
-    /// pieces this node has uploaded least (so the swarm gets one copy of everything early).
+    /// Seeder behaviour, so that it uploads close to one copy in total: each piece is
+    /// assigned to the first peer that asks for it; another Fast-extension peer asking for
+    /// the same piece is rejected for [`REJECT_WINDOW`] (it picks another piece and gets this
+    /// one from the swarm), after which it is served. Among queued blocks, those of pieces
+    /// sent least often go first.
     pub prefer_unsent: bool,
 }
 
@@ -125,7 +132,8 @@ struct PeerState {
     am_interested: bool,
     fast: bool,
     inflight: HashMap<(u32, u32), Instant>,
-    rejected: HashSet<u32>,
+    /// Pieces this peer refused us (Fast REJECT), and when.
+    rejected: HashMap<u32, Instant>,
     uploaded_to: Arc<AtomicU64>,
     downloaded_from: u64,
     strikes: u32,
@@ -153,6 +161,10 @@ struct State {
     known: HashMap<SocketAddr, Option<Instant>>,
     connecting: HashSet<SocketAddr>,
     sent_count: Vec<u32>,
+    /// Seeder policy: the peer each piece was first served to.
+    assigned: Vec<Option<u64>>,
+    /// Seeder policy: when we started refusing (peer, piece).
+    refusing: HashMap<(u64, u32), Instant>,
     downloaded: u64,
     hash_failures: u64,
     fatal: Option<String>,
@@ -182,6 +194,13 @@ struct Bucket {
 #[derive(Clone)]
 pub struct Swarm {
     shared: Arc<Shared>,
+}
+
+/// True while `p` refused piece `i` recently.
+fn refused(p: &PeerState, i: u32) -> bool {
+    p.rejected
+        .get(&i)
+        .is_some_and(|t| t.elapsed() < REJECT_WINDOW)
 }
 
 fn client_name(peer_id: &[u8; 20]) -> String {
@@ -253,6 +272,8 @@ impl Swarm {
                 known: HashMap::new(),
                 connecting: HashSet::new(),
                 sent_count: vec![0; n],
+                assigned: vec![None; n],
+                refusing: HashMap::new(),
                 downloaded: 0,
                 hash_failures: 0,
                 fatal: None,
@@ -484,7 +505,7 @@ impl Swarm {
                 am_interested: false,
                 fast,
                 inflight: HashMap::new(),
-                rejected: HashSet::new(),
+                rejected: HashMap::new(),
                 uploaded_to,
                 downloaded_from: 0,
                 strikes: 0,
@@ -518,6 +539,12 @@ impl Swarm {
         for &(index, begin) in p.inflight.keys() {
             Self::release_block(st, key, index, begin);
         }
+        for a in st.assigned.iter_mut() {
+            if *a == Some(key) {
+                *a = None;
+            }
+        }
+        st.refusing.retain(|(k, _), _| *k != key);
     }
 
     fn unregister(&self, key: u64) {
@@ -595,13 +622,17 @@ impl Swarm {
                     && r.length > 0
                     && r.length <= MAX_REQUEST
                     && r.begin as u64 + r.length as u64
-                        <= self
-                            .shared
-                            .lengths
-                            .piece_length(self.shared.lengths.validate_piece_index(r.index).expect("checked"))
-                            as u64;
+                        <= self.shared.lengths.piece_length(
+                            self.shared
+                                .lengths
+                                .validate_piece_index(r.index)
+                                .expect("checked"),
+                        ) as u64;
+                let fast = st.peers.get(&key).is_some_and(|p| p.fast);
+                let refuse =
+                    ok && fast && self.shared.opts.prefer_unsent && Self::refuse(st, key, r.index);
                 if let Some(p) = st.peers.get(&key) {
-                    if ok {
+                    if ok && !refuse {
                         let _ = p.tx.send(Out::Serve(r));
                     } else if p.fast {
                         let _ = p.tx.send(Out::Msg(Msg::Reject(r)));
@@ -616,7 +647,7 @@ impl Swarm {
             Msg::Reject(r) => {
                 if let Some(p) = st.peers.get_mut(&key) {
                     if p.inflight.remove(&(r.index, r.begin)).is_some() {
-                        p.rejected.insert(r.index);
+                        p.rejected.insert(r.index, Instant::now());
                         Self::release_block(st, key, r.index, r.begin);
                     }
                 }
@@ -625,6 +656,23 @@ impl Swarm {
             Msg::Piece { index, begin, data } => self.on_block(st, key, index, begin, data)?,
         }
         Ok(())
+    }
+
+    /// Seeder policy: should `key`'s request for `index` be refused because the piece went
+    /// to another connected peer, which can pass it on?
+    fn refuse(st: &mut State, key: u64, index: u32) -> bool {
+        let i = index as usize;
+        match st.assigned[i] {
+            None => {
+                st.assigned[i] = Some(key);
+                false
+            }
+            Some(k) if k == key || !st.peers.contains_key(&k) => false,
+            Some(_) => {
+                let since = *st.refusing.entry((key, index)).or_insert_with(Instant::now);
+                since.elapsed() < REJECT_WINDOW
+            }
+        }
     }
 
     fn set_has_all(&self, st: &mut State, key: u64, bits: Option<Vec<bool>>) {
@@ -681,7 +729,7 @@ impl Swarm {
                 || st.have[iu]
                 || st.in_progress.contains_key(&i)
                 || st.verifying.contains(&i)
-                || p.rejected.contains(&i)
+                || refused(p, i)
             {
                 continue;
             }
@@ -697,7 +745,11 @@ impl Swarm {
     }
 
     fn new_in_progress(&self, index: u32) -> InProgress {
-        let vi = self.shared.lengths.validate_piece_index(index).expect("valid");
+        let vi = self
+            .shared
+            .lengths
+            .validate_piece_index(index)
+            .expect("valid");
         let len = self.shared.lengths.piece_length(vi) as usize;
         let nb = self.shared.lengths.chunks_per_piece(vi) as usize;
         InProgress {
@@ -716,10 +768,12 @@ impl Swarm {
         // 1. Finish pieces already in progress.
         let mut found = None;
         for (&index, ip) in st.in_progress.iter() {
-            if !p.has[index as usize] || p.rejected.contains(&index) {
+            if !p.has[index as usize] || refused(p, index) {
                 continue;
             }
-            if let Some(b) = (ip.first_missing..ip.blocks.len()).find(|&b| ip.blocks[b] == Block::Missing) {
+            if let Some(b) =
+                (ip.first_missing..ip.blocks.len()).find(|&b| ip.blocks[b] == Block::Missing)
+            {
                 found = Some((index, b));
                 break;
             }
@@ -735,12 +789,14 @@ impl Swarm {
                 found = Some((index, 0));
             }
         }
-        // 3. End game: nothing unstarted that this peer has; double up on blocks others are
+        // 3. End game: every piece we lack is started; double up on blocks others are
         //    fetching (at most two requesters per block).
-        if found.is_none() && self.pick_new_piece(st, key).is_none() {
+        let unstarted =
+            st.have.len() - st.have_count as usize - st.in_progress.len() - st.verifying.len();
+        if found.is_none() && unstarted == 0 {
             let p = st.peers.get(&key)?;
             'outer: for (&index, ip) in st.in_progress.iter() {
-                if !p.has[index as usize] || p.rejected.contains(&index) {
+                if !p.has[index as usize] || refused(p, index) {
                     continue;
                 }
                 for b in 0..ip.blocks.len() {
@@ -755,8 +811,16 @@ impl Swarm {
             }
         }
         let (index, b) = found?;
-        let vi = self.shared.lengths.validate_piece_index(index).expect("valid");
-        let size = self.shared.lengths.chunk_size(vi, b as u32).expect("valid block");
+        let vi = self
+            .shared
+            .lengths
+            .validate_piece_index(index)
+            .expect("valid");
+        let size = self
+            .shared
+            .lengths
+            .chunk_size(vi, b as u32)
+            .expect("valid block");
         let ip = st.in_progress.get_mut(&index).expect("in progress");
         ip.blocks[b] = Block::Requested;
         ip.requesters[b].push(key);
@@ -826,10 +890,7 @@ impl Swarm {
         ip.blocks[b] = Block::Received;
         ip.received += 1;
         ip.contributors.insert(key);
-        let others: Vec<u64> = ip.requesters[b]
-            .drain(..)
-            .filter(|&k| k != key)
-            .collect();
+        let others: Vec<u64> = ip.requesters[b].drain(..).filter(|&k| k != key).collect();
         let done = ip.received as usize == ip.blocks.len();
         // End game: tell the other requesters of this block to stop.
         let length = data.len() as u32;
@@ -875,7 +936,10 @@ impl Swarm {
             Ok(Ok(true)) => self.mark_have(&mut st, index),
             Ok(Ok(false)) => {
                 st.hash_failures += 1;
-                warn!(piece = index, "piece failed its SHA-1 check; fetching it again");
+                warn!(
+                    piece = index,
+                    "piece failed its SHA-1 check; fetching it again"
+                );
                 self.punish(&mut st, &contributors);
             }
             Ok(Err(e)) => {

@@ -100,18 +100,16 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hexval(b[i + 1]), hexval(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                    }
-                    _ => {
-                        out.push(b'%');
-                        i += 1;
-                    }
+            b'%' if i + 2 < b.len() => match (hexval(b[i + 1]), hexval(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
                 }
-            }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
             b'+' => {
                 out.push(b' ');
                 i += 1;
@@ -134,7 +132,11 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// `GET url`; returns the body of a 200 response. Connects from `bind_ip` when given.
-pub async fn get(url: &str, bind_ip: Option<IpAddr>, timeout: Duration) -> Result<Vec<u8>, SwarmError> {
+pub async fn get(
+    url: &str,
+    bind_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<Vec<u8>, SwarmError> {
     let u = Url::parse(url)?;
     tokio::time::timeout(timeout, get_inner(&u, bind_ip))
         .await
@@ -204,7 +206,9 @@ async fn get_inner(u: &Url, bind_ip: Option<IpAddr>) -> Result<Vec<u8>, SwarmErr
             if k == "content-length" {
                 content_length = v.parse::<usize>().ok();
             } else if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
-                return Err(SwarmError::Http(format!("unsupported transfer-encoding {v}")));
+                return Err(SwarmError::Http(format!(
+                    "unsupported transfer-encoding {v}"
+                )));
             }
         }
     }
@@ -245,7 +249,8 @@ impl Request {
     }
 
     pub fn param_str(&self, k: &str) -> Option<String> {
-        self.param(k).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.param(k)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -302,7 +307,11 @@ fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
     })
 }
 
-async fn handle_conn<F, Fut>(mut s: TcpStream, peer: SocketAddr, handler: Arc<F>) -> std::io::Result<()>
+async fn handle_conn<F, Fut>(
+    mut s: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<F>,
+) -> std::io::Result<()>
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -377,11 +386,17 @@ mod tests {
     #[test]
     fn urls() {
         let u = Url::parse("http://127.0.0.1:6880/x.torrent").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("127.0.0.1", 6880, "/x.torrent"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str()),
+            ("127.0.0.1", 6880, "/x.torrent")
+        );
         let u = Url::parse("http://host").unwrap();
         assert_eq!((u.port, u.target.as_str()), (80, "/"));
         let u = Url::parse("http://[::1]:81/a?b").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("::1", 81, "/a?b"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str()),
+            ("::1", 81, "/a?b")
+        );
         assert!(Url::parse("https://x/").is_err());
         assert!(Url::parse("http://:80/").is_err());
         assert!(Url::parse("http://h:99999/").is_err());
@@ -403,18 +418,27 @@ mod tests {
             l,
             Arc::new(|r: Request| async move {
                 if r.path == "/hello" {
-                    Response::ok("text/plain", format!("hi {:?}", r.param_str("who")).into_bytes())
+                    Response::ok(
+                        "text/plain",
+                        format!("hi {:?}", r.param_str("who")).into_bytes(),
+                    )
                 } else {
                     Response::not_found()
                 }
             }),
         ));
-        let body = get(&format!("http://{addr}/hello?who=a%20b"), None, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let body = get(
+            &format!("http://{addr}/hello?who=a%20b"),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(body, b"hi Some(\"a b\")");
-        assert!(get(&format!("http://{addr}/nope"), None, Duration::from_secs(5))
-            .await
-            .is_err());
+        assert!(
+            get(&format!("http://{addr}/nope"), None, Duration::from_secs(5))
+                .await
+                .is_err()
+        );
     }
 }

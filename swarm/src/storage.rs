@@ -134,7 +134,11 @@ mod tests {
         let map = Arc::new(
             ExtentMap::new(10_000, vec![Extent::new(100, 50), Extent::new(5000, 1000)]).unwrap(),
         );
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         let s = DeviceStorage::new(f, p.clone(), map);
         let mut buf = vec![0u8; 100];
         s.read_at(20, &mut buf).unwrap();

@@ -130,13 +130,20 @@ impl TrackerServer {
         if ih != self.info_hash {
             return failure("unknown info_hash: this tracker serves one torrent");
         }
-        let Some(pid) = req.param("peer_id").and_then(|p| <[u8; 20]>::try_from(p).ok()) else {
+        let Some(pid) = req
+            .param("peer_id")
+            .and_then(|p| <[u8; 20]>::try_from(p).ok())
+        else {
             return failure("missing or malformed peer_id");
         };
         let Some(port) = req.param_str("port").and_then(|p| p.parse::<u16>().ok()) else {
             return failure("missing or malformed port");
         };
-        let num = |k: &str| req.param_str(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let num = |k: &str| {
+            req.param_str(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let ip = req
             .param_str("ip")
             .and_then(|s| s.parse::<IpAddr>().ok())
@@ -276,7 +283,10 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, SwarmError> {
 }
 
 /// Sends an announce.
-pub async fn announce(a: &Announce<'_>, bind_ip: Option<IpAddr>) -> Result<AnnounceReply, SwarmError> {
+pub async fn announce(
+    a: &Announce<'_>,
+    bind_ip: Option<IpAddr>,
+) -> Result<AnnounceReply, SwarmError> {
     let sep = if a.url.contains('?') { '&' } else { '?' };
     let mut url = format!(
         "{}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant=200",
@@ -346,6 +356,9 @@ mod tests {
         let snap = t.snapshot();
         assert!(snap.iter().any(|(id, p)| *id == [3u8; 20] && p.completed));
         a.info_hash = [9u8; 20];
-        assert!(matches!(announce(&a, None).await, Err(SwarmError::Tracker(_))));
+        assert!(matches!(
+            announce(&a, None).await,
+            Err(SwarmError::Tracker(_))
+        ));
     }
 }

@@ -1,0 +1,339 @@
+//! Helpers for blockswarm's end-to-end tests: locating the built binaries, making real ext4
+//! images, running processes that are killed when dropped, comparing targets with sources.
+#![forbid(unsafe_code)]
+
+pub mod evil_peer;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use blockswarm_manifest::Manifest;
+use rand::{Rng, RngCore, SeedableRng};
+use sha1::{Digest, Sha1};
+
+/// Path of a workspace binary (`imager`, `seeder`, `receiver`) built next to this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command to completion, panicking with its output if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Writes `len` pseudo-random bytes.
+pub fn random_file(path: &Path, len: u64, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::create(path).expect("create");
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        std::io::Write::write_all(&mut f, &buf[..n]).expect("write");
+        left -= n as u64;
+    }
+}
+
+/// A real ext4 image of `size_mib` MiB with `block_size` blocks, populated with files through
+/// `mkfs.ext4 -d`, then every third file deleted with debugfs so free space is fragmented.
+/// Returns the image path and the names of the files that remain.
+pub fn make_ext4(
+    dir: &Path,
+    name: &str,
+    size_mib: u64,
+    block_size: u32,
+    data_mib: u64,
+    seed: u64,
+) -> (PathBuf, Vec<String>) {
+    let src = dir.join(format!("{name}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut total = 0u64;
+    let mut names = Vec::new();
+    let mut i = 0;
+    while total < data_mib << 20 {
+        let len = rng.gen_range(1..(1u64 << 20) * 2);
+        let n = format!("f{i:04}");
+        random_file(&src.join(&n), len, seed * 1000 + i);
+        names.push(n);
+        total += len;
+        i += 1;
+    }
+    let img = dir.join(format!("{name}.img"));
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(size_mib << 20).unwrap();
+    drop(f);
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", &block_size.to_string(), "-d"])
+            .arg(&src)
+            .arg(&img),
+    );
+    let mut kept = Vec::new();
+    for (k, n) in names.into_iter().enumerate() {
+        if k % 3 == 1 {
+            run_ok(
+                Command::new("debugfs")
+                    .args(["-w", "-R", &format!("rm /{n}")])
+                    .arg(&img),
+            );
+        } else {
+            kept.push(n);
+        }
+    }
+    std::fs::remove_dir_all(&src).unwrap();
+    (img, kept)
+}
+
+/// A file of `len` random bytes, to stand for a target disk that held something else.
+pub fn random_target(path: &Path, len: u64, seed: u64) {
+    random_file(path, len, seed);
+}
+
+/// SHA-1 of a whole file.
+pub fn sha1_file(path: &Path) -> String {
+    hex::encode(Sha1::digest(std::fs::read(path).expect("read")))
+}
+
+/// The packed data (used runs concatenated) of `dev` according to `m`.
+pub fn packed_data(dev: &Path, m: &Manifest) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(dev).unwrap();
+    let mut out = vec![0u8; m.total_length() as usize];
+    for seg in m.map.segments(0, m.total_length()).unwrap() {
+        f.read_exact_at(
+            &mut out[seg.buf_offset as usize..(seg.buf_offset + seg.length) as usize],
+            seg.device_offset,
+        )
+        .unwrap();
+    }
+    out
+}
+
+pub fn read_manifest(path: &Path) -> Manifest {
+    Manifest::decode(&std::fs::read(path).unwrap())
+        .unwrap()
+        .manifest
+}
+
+/// Asserts that `target` holds the same filesystem as `source`: e2fsck -fn passes, the used
+/// runs hold the same bytes, and every named file dumps identically.
+pub fn assert_same_ext4(source: &Path, target: &Path, m: &Manifest, files: &[String]) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {} failed:\n{}",
+        target.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        packed_data(source, m) == packed_data(target, m),
+        "used runs of {} differ from the source",
+        target.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    for f in files.iter().step_by(5) {
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        run_ok(
+            Command::new("debugfs")
+                .args(["-R", &format!("dump /{f} {}", a.display())])
+                .arg(source),
+        );
+        run_ok(
+            Command::new("debugfs")
+                .args(["-R", &format!("dump /{f} {}", b.display())])
+                .arg(target),
+        );
+        assert_eq!(sha1_file(&a), sha1_file(&b), "file {f} differs");
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped; stdout/stderr go to files in `logdir`.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, logdir: &Path) -> Proc {
+        let stdout = logdir.join(format!("{name}.out"));
+        let stderr = logdir.join(format!("{name}.err"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits up to `timeout` for the exit code; kills and panics with the logs on timeout.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st.code().unwrap_or(-1);
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!(
+                    "{} did not finish within {timeout:?}\nstderr:\n{}",
+                    self.name,
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the imager on `img` and returns the manifest path.
+pub fn image(img: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    run_ok(
+        Command::new(bin("imager"))
+            .arg(img)
+            .arg("-q")
+            .arg("-o")
+            .arg(out)
+            .args(extra),
+    );
+    out.to_path_buf()
+}
+
+/// Starts a seeder serving `manifest` on `ip` (BitTorrent port 6881, HTTP 6880).
+pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &str) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(bin("seeder"))
+            .arg(manifest)
+            .args([
+                "--listen",
+                &format!("{ip}:6881"),
+                "--http",
+                &format!("{ip}:6880"),
+                "-v",
+            ])
+            .args(extra),
+        logdir,
+    )
+}
+
+/// The seeder's manifest URL for `name`.
+pub fn manifest_url(ip: &str, m: &Manifest) -> String {
+    format!("http://{ip}:6880/{}.torrent", m.name)
+}
+
+/// Starts a receiver on `ip`.
+pub fn receiver(
+    ip: &str,
+    manifest: &str,
+    target: &Path,
+    extra: &[&str],
+    logdir: &Path,
+    name: &str,
+) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(bin("receiver"))
+            .args(["--manifest", manifest, "--target"])
+            .arg(target)
+            .args(["--listen", &format!("{ip}:6881"), "-v"])
+            .args(extra),
+        logdir,
+    )
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// GET a URL (blocking), for polling the seeder's status page.
+pub fn http_get(url: &str) -> Option<Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(blockswarm_swarm::http::get(
+        url,
+        None,
+        Duration::from_secs(5),
+    ))
+    .ok()
+}
+
+/// Parses the seeder's final JSON status from its stdout.
+pub fn seeder_status(p: &Proc) -> serde_json::Value {
+    serde_json::from_str(&p.stdout_text()).unwrap_or_else(|e| {
+        panic!(
+            "seeder printed no JSON status ({e}):\n{}\nstderr:\n{}",
+            p.stdout_text(),
+            p.stderr_text()
+        )
+    })
+}
