@@ -1,0 +1,218 @@
+//! Interoperability with BitTorrent clients no one here wrote: aria2c and libtorrent
+//! (Debian's aria2 and python3-libtorrent).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use blockswarm_e2e::*;
+
+const T: Duration = Duration::from_secs(120);
+
+/// libtorrent driven from Python: seeds (`seed`) or downloads (`leech`) one torrent.
+const LT_SCRIPT: &str = r#"
+import sys, time
+import libtorrent as lt
+mode, torrent, save, iface, ip, limit = sys.argv[1:7]
+s = lt.session({
+    'listen_interfaces': iface, 'enable_dht': False, 'enable_lsd': False,
+    'enable_upnp': False, 'enable_natpmp': False, 'announce_ip': ip,
+    'allow_multiple_connections_per_ip': True, 'outgoing_interfaces': ip,
+})
+p = lt.add_torrent_params()
+p.ti = lt.torrent_info(torrent)
+p.save_path = save
+if mode == 'seed':
+    p.flags |= lt.torrent_flags.seed_mode
+h = s.add_torrent(p)
+print('started', flush=True)
+end = time.time() + float(limit)
+while time.time() < end:
+    st = h.status()
+    if mode == 'leech' and st.is_seeding:
+        print('complete', flush=True)
+        time.sleep(2)
+        sys.exit(0)
+    time.sleep(0.2)
+sys.exit(0 if mode == 'seed' else 1)
+"#;
+
+fn python_libtorrent() -> &'static str {
+    // Debian's module is built for Debian's python3, not for other pythons on PATH.
+    let py = "/usr/bin/python3";
+    let ok = Command::new(py)
+        .args(["-c", "import libtorrent"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "python3-libtorrent missing: apt-get install python3-libtorrent"
+    );
+    py
+}
+
+fn lt(mode: &str, torrent: &Path, save: &Path, ip: &str, limit: u64, logdir: &Path) -> Proc {
+    let script = logdir.join("lt.py");
+    std::fs::write(&script, LT_SCRIPT).unwrap();
+    Proc::spawn(
+        &format!("libtorrent-{mode}"),
+        Command::new(python_libtorrent())
+            .arg(&script)
+            .arg(mode)
+            .arg(torrent)
+            .arg(save)
+            .arg(format!("{ip}:6881"))
+            .arg(ip)
+            .arg(limit.to_string()),
+        logdir,
+    )
+}
+
+#[test]
+fn aria2c_downloads_the_packed_file_from_our_seeder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, _) = make_ext4(d, "src", 64, 4096, 12, 21);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    let ip = "127.0.21.1";
+    let _seeder = seeder(ip, &mpath, &[], d, "seeder");
+    let url = manifest_url(ip, &m);
+    let served = d.join("served.torrent");
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(&url)
+            .map(|b| std::fs::write(&served, b).is_ok())
+            .unwrap_or(false)),
+        "seeder never served its manifest"
+    );
+    let out = d.join("aria2");
+    let mut aria = Proc::spawn(
+        "aria2c",
+        Command::new("aria2c")
+            .arg("-d")
+            .arg(&out)
+            .args([
+                "--seed-time=0",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--file-allocation=none",
+                "--listen-port=7881-7899",
+                "--bt-external-ip=127.0.0.1",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(&served),
+        d,
+    );
+    assert_eq!(
+        aria.wait(T),
+        0,
+        "aria2c failed:\n{}\n{}",
+        aria.stdout_text(),
+        aria.stderr_text()
+    );
+    let got = std::fs::read(out.join(&m.name)).expect("aria2c wrote the packed file");
+    assert_eq!(got.len() as u64, m.total_length());
+    assert!(
+        got == packed_data(&img, &m),
+        "aria2c's file differs from the used runs"
+    );
+}
+
+#[test]
+fn libtorrent_seeding_saved_image_lets_our_receiver_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, files) = make_ext4(d, "src", 64, 4096, 12, 22);
+    let save = d.join("image");
+    image(
+        &img,
+        &d.join("m.torrent"),
+        &["--piece-size", "256K", "--save", save.to_str().unwrap()],
+    );
+    let m = read_manifest(&d.join("m.torrent"));
+    let torrent = save.join(format!("{}.torrent", m.name));
+    let lt_ip = "127.0.22.9";
+    let mut lt_seed = lt("seed", &torrent, &save, lt_ip, 120, d);
+    assert!(
+        wait_until(Duration::from_secs(20), || lt_seed
+            .stdout_text()
+            .contains("started")),
+        "libtorrent did not start: {}",
+        lt_seed.stderr_text()
+    );
+    let t = d.join("t.img");
+    random_target(&t, m.map.device_size(), 9);
+    let mut r = receiver(
+        "127.0.22.2",
+        torrent.to_str().unwrap(),
+        &t,
+        &[
+            "--peer",
+            &format!("{lt_ip}:6881"),
+            "--seed-after",
+            "0",
+            "--verify",
+        ],
+        d,
+        "receiver",
+    );
+    assert_eq!(r.wait(T), 0, "receiver:\n{}", r.stderr_text());
+    lt_seed.kill();
+    assert_same_ext4(&img, &t, &m, &files);
+}
+
+#[test]
+fn mixed_swarm_of_our_seeder_libtorrent_and_our_receivers_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, files) = make_ext4(d, "src", 64, 4096, 12, 23);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    let net = 23;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let mut seeder = seeder(&ip(1), &mpath, &["--upload-limit", "4M"], d, "seeder");
+    let url = manifest_url(&ip(1), &m);
+    let served = d.join("served.torrent");
+    assert!(wait_until(Duration::from_secs(10), || http_get(&url)
+        .map(|b| std::fs::write(&served, b).is_ok())
+        .unwrap_or(false)));
+    let lt_out = d.join("lt");
+    std::fs::create_dir_all(&lt_out).unwrap();
+    let mut leech = lt("leech", &served, &lt_out, &ip(9), 100, d);
+    let mut rs = Vec::new();
+    for h in 2..=3u8 {
+        let t = d.join(format!("t{h}.img"));
+        random_target(&t, m.map.device_size(), h as u64);
+        rs.push((
+            t.clone(),
+            receiver(
+                &ip(h),
+                &url,
+                &t,
+                &["--seed-after", "3s"],
+                d,
+                &format!("r{h}"),
+            ),
+        ));
+    }
+    for (_, r) in rs.iter_mut() {
+        assert_eq!(r.wait(T), 0, "{}:\n{}", r.name, r.stderr_text());
+    }
+    assert_eq!(
+        leech.wait(T),
+        0,
+        "libtorrent leecher:\n{}\n{}",
+        leech.stdout_text(),
+        leech.stderr_text()
+    );
+    seeder.kill();
+    let got = std::fs::read(lt_out.join(&m.name)).unwrap();
+    assert!(got == packed_data(&img, &m), "libtorrent's copy differs");
+    for (t, _) in &rs {
+        assert_same_ext4(&img, t, &m, &files);
+    }
+}
