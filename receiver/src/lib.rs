@@ -264,7 +264,7 @@ async fn fetch_manifest(
                         start.elapsed().as_secs_f64()
                     )));
                 }
-                warn!("manifest not reachable yet ({e}); retrying");
+                info!("manifest not reachable yet ({e}); retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -132,7 +132,12 @@ fn read_manifest(cli: &Cli) -> Result<(Vec<u8>, DecodedManifest), SeederError> {
             return Ok(None);
         };
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| bad(format!("cannot read image directory {}: {e}", dir.display())))?
+            .map_err(|e| {
+                bad(format!(
+                    "cannot read image directory {}: {e}",
+                    dir.display()
+                ))
+            })?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
@@ -184,10 +189,7 @@ fn open_storage(cli: &Cli, m: &Manifest) -> Result<(Arc<dyn Storage>, String), S
             )));
         }
         let desc = format!("image {}", path.display());
-        return Ok((
-            Arc::new(PackedFileStorage::new(f, path, len)),
-            desc,
-        ));
+        return Ok((Arc::new(PackedFileStorage::new(f, path, len)), desc));
     }
     let path: PathBuf = match (&cli.source, &m.source) {
         (Some(p), _) => p.clone(),
@@ -417,7 +419,9 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         m.total_length(),
         m.num_pieces()
     );
-    eprintln!("seeder: on each target run:  receiver --manifest {manifest_url} --target /dev/TARGET");
+    eprintln!(
+        "seeder: on each target run:  receiver --manifest {manifest_url} --target /dev/TARGET"
+    );
     info!(%manifest_url, %announce_url, bt = %my_bt, "seeder ready");
 
     // With an external tracker, announce ourselves there.
@@ -469,10 +473,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         }
         let receivers = app.receivers();
         let completed = receivers.iter().filter(|r| r.completed).count();
-        let pending = receivers
-            .iter()
-            .filter(|r| !r.completed && !r.gone)
-            .count();
+        let pending = receivers.iter().filter(|r| !r.completed && !r.gone).count();
         let uploaded = swarm.stats().uploaded;
         pb.set_message(format!(
             "uploaded {:.1} MiB ({:.2} copies), receivers done {completed}/{}",

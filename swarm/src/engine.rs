@@ -48,8 +48,7 @@ pub struct SwarmOptions {
     /// Seeder behaviour, so that it uploads close to one copy in total: each piece is
     /// assigned to the first peer that asks for it; another Fast-extension peer asking for
     /// the same piece is rejected for [`REJECT_WINDOW`] (it picks another piece and gets this
-    /// one from the swarm), after which it is served. Among queued blocks, those of pieces
-    /// sent least often go first.
+    /// one from the swarm), after which it is served.
     pub prefer_unsent: bool,
 }
 
@@ -160,7 +159,6 @@ struct State {
     /// Known listen addresses of peers (from the tracker) and when we last dialed them.
     known: HashMap<SocketAddr, Option<Instant>>,
     connecting: HashSet<SocketAddr>,
-    sent_count: Vec<u32>,
     /// Seeder policy: the peer each piece was first served to.
     assigned: Vec<Option<u64>>,
     /// Seeder policy: when we started refusing (peer, piece).
@@ -271,7 +269,6 @@ impl Swarm {
                 banned_ids: HashSet::new(),
                 known: HashMap::new(),
                 connecting: HashSet::new(),
-                sent_count: vec![0; n],
                 assigned: vec![None; n],
                 refusing: HashMap::new(),
                 downloaded: 0,
@@ -933,7 +930,10 @@ impl Swarm {
         let mut st = self.lock();
         st.verifying.remove(&index);
         match res {
-            Ok(Ok(true)) => self.mark_have(&mut st, index),
+            Ok(Ok(true)) => {
+                debug!(piece = index, "piece verified and written");
+                self.mark_have(&mut st, index)
+            }
             Ok(Ok(false)) => {
                 st.hash_failures += 1;
                 warn!(
@@ -1053,7 +1053,7 @@ impl Swarm {
                     Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
                 }
             }
-            if let Some(r) = self.next_to_serve(&mut queue) {
+            if let Some(r) = queue.pop_front() {
                 self.throttle(r.length as u64).await;
                 let storage = self.shared.storage.clone();
                 let offset = r.index as u64 * self.shared.info.piece_length as u64 + r.begin as u64;
@@ -1118,26 +1118,6 @@ impl Swarm {
         if let Some(p) = st.peers.get(&key) {
             p.kill.notify_one();
         }
-    }
-
-    /// Picks the next queued request to serve: FIFO, or with `prefer_unsent` the one whose
-    /// piece this node has sent least often.
-    fn next_to_serve(&self, queue: &mut VecDeque<Req>) -> Option<Req> {
-        if !self.shared.opts.prefer_unsent || queue.len() < 2 {
-            let r = queue.pop_front()?;
-            if self.shared.opts.prefer_unsent {
-                self.lock().sent_count[r.index as usize] += 1;
-            }
-            return Some(r);
-        }
-        let mut st = self.lock();
-        let (pos, _) = queue
-            .iter()
-            .enumerate()
-            .min_by_key(|(i, r)| (st.sent_count[r.index as usize], *i))?;
-        let r = queue.remove(pos)?;
-        st.sent_count[r.index as usize] += 1;
-        Some(r)
     }
 
     async fn throttle(&self, n: u64) {

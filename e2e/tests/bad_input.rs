@@ -1,0 +1,342 @@
+//! Bad input gets a clear one-line error, a documented exit code, and loses nothing: the
+//! target is untouched. Also: a lying peer, an unreachable seeder, a receiver killed half-way.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use blockswarm_e2e::*;
+use blockswarm_manifest::exit;
+
+const T: Duration = Duration::from_secs(120);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    d: std::path::PathBuf,
+    img: std::path::PathBuf,
+    files: Vec<String>,
+    mpath: std::path::PathBuf,
+    m: blockswarm_manifest::Manifest,
+}
+
+fn fixture(seed: u64, data_mib: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (img, files) = make_ext4(&d, "src", 64, 4096, data_mib, seed);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    Fixture {
+        _dir: dir,
+        d,
+        img,
+        files,
+        mpath,
+        m,
+    }
+}
+
+/// Runs a receiver that must fail; checks code, one-line error, untouched target.
+fn expect_refusal(args: &[&str], target: &Path, want: i32, what: &str) -> String {
+    let before = if target.exists() {
+        sha1_file(target)
+    } else {
+        String::new()
+    };
+    let out = Command::new(bin("receiver"))
+        .args(args)
+        .arg("--target")
+        .arg(target)
+        .args(["--listen", "127.0.31.9:6881", "--retry-for", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(want), "{what}: stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line, got:\n{stderr}");
+    assert!(
+        lines[0].starts_with("receiver: error: "),
+        "{what}: {stderr}"
+    );
+    if target.exists() {
+        assert_eq!(sha1_file(target), before, "{what}: target was modified");
+    }
+    stderr
+}
+
+#[test]
+fn malformed_manifests_are_rejected_before_any_write() {
+    let f = fixture(31, 4);
+    let t = f.d.join("t.img");
+    random_target(&t, f.m.map.device_size(), 1);
+    let bytes = std::fs::read(&f.mpath).unwrap();
+    // Truncated at several points.
+    for cut in [0, 1, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let p = f.d.join(format!("cut{cut}.torrent"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = expect_refusal(
+            &["--manifest", p.to_str().unwrap()],
+            &t,
+            exit::BAD_INPUT,
+            "truncated",
+        );
+        assert!(e.contains("invalid manifest"), "{e}");
+    }
+    // A run beyond the device: shrink the recorded device size below the last run's end.
+    let last = *f.m.map.extents().last().unwrap();
+    let needle = format!("11:device sizei{}e", f.m.map.device_size()).into_bytes();
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    let mut bad = bytes[..pos].to_vec();
+    bad.extend_from_slice(format!("11:device sizei{}e", last.offset).as_bytes());
+    bad.extend_from_slice(&bytes[pos + needle.len()..]);
+    let p = f.d.join("beyond.torrent");
+    std::fs::write(&p, &bad).unwrap();
+    let e = expect_refusal(
+        &["--manifest", p.to_str().unwrap()],
+        &t,
+        exit::BAD_INPUT,
+        "run beyond device",
+    );
+    assert!(e.contains("beyond the device size"), "{e}");
+    // Not a blockswarm manifest at all.
+    let p = f.d.join("garbage.torrent");
+    std::fs::write(&p, b"this is not bencode").unwrap();
+    expect_refusal(
+        &["--manifest", p.to_str().unwrap()],
+        &t,
+        exit::BAD_INPUT,
+        "garbage",
+    );
+}
+
+#[test]
+fn target_too_small_missing_or_source_is_refused() {
+    let f = fixture(32, 4);
+    let mp = f.mpath.to_str().unwrap();
+    let small = f.d.join("small.img");
+    random_target(&small, f.m.map.device_size() - 4096, 2);
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &small,
+        exit::BAD_TARGET,
+        "too small",
+    );
+    assert!(e.contains("smaller than the source"), "{e}");
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &f.d.join("nope.img"),
+        exit::BAD_TARGET,
+        "missing",
+    );
+    assert!(e.contains("does not exist"), "{e}");
+    // The manifest names the source image; the target is that very file.
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &f.img,
+        exit::BAD_TARGET,
+        "is source",
+    );
+    assert!(e.contains("source"), "{e}");
+    // ... or a hard link to it.
+    let link = f.d.join("link.img");
+    std::fs::hard_link(&f.img, &link).unwrap();
+    expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &link,
+        exit::BAD_TARGET,
+        "hard link to source",
+    );
+}
+
+#[test]
+fn target_in_use_by_a_live_seeder_is_refused() {
+    // Copy the source elsewhere and serve that copy: the manifest's recorded source path no
+    // longer matches, so only the seeder's lock can tell that the target is a live source.
+    let f = fixture(33, 4);
+    let copy = f.d.join("served-source.img");
+    std::fs::copy(&f.img, &copy).unwrap();
+    let ip = "127.0.33.1";
+    let _seeder = Proc::spawn(
+        "seeder",
+        Command::new(bin("seeder"))
+            .arg(&f.mpath)
+            .arg("--source")
+            .arg(&copy)
+            .args([
+                "--listen",
+                &format!("{ip}:6881"),
+                "--http",
+                &format!("{ip}:6880"),
+            ]),
+        &f.d,
+    );
+    let url = manifest_url(ip, &f.m);
+    assert!(wait_until(Duration::from_secs(10), || http_get(&url).is_some()));
+    let e = expect_refusal(
+        &["--manifest", &url],
+        &copy,
+        exit::BAD_TARGET,
+        "live source",
+    );
+    assert!(e.contains("in use"), "{e}");
+}
+
+#[test]
+fn mounted_target_is_refused() {
+    let f = fixture(34, 4);
+    let t = f.d.join("mounted.img");
+    std::fs::copy(&f.img, &t).unwrap();
+    let mnt = f.d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-o", "loop,ro"])
+            .arg(&t)
+            .arg(&mnt),
+    );
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Umount(&mnt);
+    let mp = f.mpath.to_str().unwrap();
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &t,
+        exit::BAD_TARGET,
+        "mounted image",
+    );
+    assert!(e.contains("mounted"), "{e}");
+    // The loop device itself.
+    let out = run_ok(Command::new("losetup").args(["-j"]).arg(&t));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let loopdev = text.split(':').next().unwrap().trim().to_string();
+    assert!(loopdev.starts_with("/dev/loop"), "losetup -j: {text}");
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        Path::new(&loopdev),
+        exit::BAD_TARGET,
+        "mounted loop device",
+    );
+    assert!(e.contains("mounted"), "{e}");
+}
+
+#[test]
+fn unreachable_seeder_gives_up_with_exit_6_and_target_untouched() {
+    let f = fixture(35, 4);
+    let t = f.d.join("t.img");
+    random_target(&t, f.m.map.device_size(), 3);
+    let start = Instant::now();
+    let e = expect_refusal(
+        &["--manifest", "http://127.0.35.1:6880/x.torrent"],
+        &t,
+        exit::UNREACHABLE,
+        "no seeder",
+    );
+    assert!(e.contains("cannot fetch manifest"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    // Manifest from a file, but its tracker is down.
+    let mut m = f.m.clone();
+    m.announce = Some("http://127.0.35.1:6880/announce".into());
+    let p = f.d.join("dead-tracker.torrent");
+    std::fs::write(&p, m.encode().unwrap()).unwrap();
+    let e = expect_refusal(
+        &["--manifest", p.to_str().unwrap()],
+        &t,
+        exit::UNREACHABLE,
+        "dead tracker",
+    );
+    assert!(e.contains("target untouched"), "{e}");
+}
+
+#[test]
+fn a_peer_sending_corrupt_blocks_is_banned_and_the_target_stays_correct() {
+    let f = fixture(36, 8);
+    let d = &f.d;
+    let ip = |h: u8| format!("127.0.36.{h}");
+    let info_hash = blockswarm_manifest::Manifest::decode(&std::fs::read(&f.mpath).unwrap())
+        .unwrap()
+        .info_hash;
+    let evil_addr: std::net::SocketAddr = format!("{}:6881", ip(9)).parse().unwrap();
+    let evil = blockswarm_e2e::evil_peer::start(evil_addr, info_hash, f.m.num_pieces());
+    // A slow seeder, so the receiver asks the liar for much of the data.
+    let mut seeder = seeder(
+        &ip(1),
+        &f.mpath,
+        &["--expect", "1", "--upload-limit", "2M"],
+        d,
+        "seeder",
+    );
+    let t = d.join("t.img");
+    random_target(&t, f.m.map.device_size(), 4);
+    let mut r = receiver(
+        &ip(2),
+        &manifest_url(&ip(1), &f.m),
+        &t,
+        &["--peer", &evil_addr.to_string(), "--verify"],
+        d,
+        "receiver",
+    );
+    assert_eq!(r.wait(T), 0, "receiver:\n{}", r.stderr_text());
+    assert_eq!(seeder.wait(T), 0);
+    let sent = evil.blocks_sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent > 0, "the evil peer was never asked for data");
+    let log = r.stderr_text();
+    assert!(
+        log.contains("failed its SHA-1 check"),
+        "no hash failure logged:\n{log}"
+    );
+    assert!(log.contains("banning peer"), "liar not banned:\n{log}");
+    assert_same_ext4(&f.img, &t, &f.m, &f.files);
+}
+
+#[test]
+fn receiver_killed_half_way_resumes_and_finishes_correct() {
+    let f = fixture(37, 16);
+    let d = &f.d;
+    let ip = |h: u8| format!("127.0.37.{h}");
+    // ~16 MiB at 4 MiB/s: about 4 s of transfer.
+    let mut seeder = seeder(
+        &ip(1),
+        &f.mpath,
+        &["--expect", "1", "--upload-limit", "4M"],
+        d,
+        "seeder",
+    );
+    let url = manifest_url(&ip(1), &f.m);
+    let t = d.join("t.img");
+    random_target(&t, f.m.map.device_size(), 5);
+    let mut first = receiver(&ip(2), &url, &t, &[], d, "receiver-1");
+    let half = Duration::from_secs_f64(f.m.total_length() as f64 / (4 << 20) as f64 / 2.0);
+    std::thread::sleep(half + Duration::from_millis(500));
+    first.kill();
+    let mut second = receiver(&ip(2), &url, &t, &["--verify"], d, "receiver-2");
+    assert_eq!(
+        second.wait(T),
+        0,
+        "restarted receiver:\n{}",
+        second.stderr_text()
+    );
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    let log = second.stderr_text();
+    let found: u32 = log
+        .lines()
+        .find(|l| l.contains("resume scan finished"))
+        .and_then(|l| l.split("found=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no resume report:\n{log}"));
+    assert!(
+        found > 0,
+        "resume found no piece after a kill half-way:\n{log}"
+    );
+    eprintln!(
+        "resume found {found} of {} pieces already on the target",
+        f.m.num_pieces()
+    );
+    assert_same_ext4(&f.img, &t, &f.m, &f.files);
+}
