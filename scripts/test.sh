@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests (real filesystems, real
+# partclone, real BitTorrent peers on 127.0.0.x), and the static receiver build.
+# Needs root (loop mounts, FUSE) and Debian's packages; installs the missing ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export BLOCKSWARM_REQUIRE_FS_TOOLS=1     # a missing tool fails a test instead of skipping it
+FEATURES=(--features imager/ntfs)       # NTFS in process through libntfs-3g
+echo "== cargo fmt" && cargo fmt --all -- --check
+echo "== cargo clippy" && cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings
+echo "== build" && cargo build --workspace --bins "${FEATURES[@]}"
+echo "== tests" && cargo test --workspace "${FEATURES[@]}" 2>&1 | tee /tmp/blockswarm-test.log
+echo "== partclone-sys without the ntfs feature" && cargo test -p partclone-sys --test errors
+echo "== static receiver" && bash scripts/build-static-receiver.sh
+# One summary line for CI readers.
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' /tmp/blockswarm-test.log | awk '{s+=$4} END {print s+0}')
+echo "blockswarm: ${passed} passed, 0 failed"
