@@ -132,7 +132,9 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -288,7 +290,11 @@ mod tests {
         ));
         assert!(matches!(
             open_target(&b, 2, None, false),
-            Err(TargetError::TooSmall { have: 1, need: 2, .. })
+            Err(TargetError::TooSmall {
+                have: 1,
+                need: 2,
+                ..
+            })
         ));
         assert_eq!(fs::read(&b).unwrap(), b"y", "target untouched");
         fs::remove_dir_all(&dir).unwrap();

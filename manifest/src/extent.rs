@@ -220,7 +220,11 @@ mod tests {
     fn map() -> ExtentMap {
         ExtentMap::new(
             1000,
-            vec![Extent::new(0, 10), Extent::new(100, 50), Extent::new(900, 100)],
+            vec![
+                Extent::new(0, 10),
+                Extent::new(100, 50),
+                Extent::new(900, 100),
+            ],
         )
         .unwrap()
     }

@@ -57,7 +57,9 @@ pub enum ManifestError {
     Bencode(String),
     #[error("manifest is not a blockswarm manifest: the info dictionary has no `blockswarm` key")]
     NotBlockswarm,
-    #[error("unsupported blockswarm manifest version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "unsupported blockswarm manifest version {0} (this build reads version {FORMAT_VERSION})"
+    )]
     Version(u64),
     #[error("invalid piece length {0}: must be a power of two between 16 KiB and 64 MiB")]
     PieceLength(u64),
@@ -274,11 +276,8 @@ impl Manifest {
         self.validate()?;
         let (pieces, extents) = self.flat_parts();
         let mut out = Vec::new();
-        librqbit_bencode::bencode_serialize_to_writer(
-            &self.wire_info(&pieces, &extents),
-            &mut out,
-        )
-        .map_err(|e| ManifestError::Encode(e.to_string()))?;
+        librqbit_bencode::bencode_serialize_to_writer(self.wire_info(&pieces, &extents), &mut out)
+            .map_err(|e| ManifestError::Encode(e.to_string()))?;
         Ok(out)
     }
 
@@ -318,7 +317,7 @@ impl Manifest {
         let name = utf8("name", info.name.0)?;
         validate_name(&name)?;
         let piece_length = check_piece_length(info.piece_length)?;
-        if info.pieces.0.len() % 20 != 0 {
+        if !info.pieces.0.len().is_multiple_of(20) {
             return Err(ManifestError::PiecesLen(info.pieces.0.len()));
         }
         if ext.extents.0.len() % EXTENT_RECORD_LEN != 0 {
@@ -457,7 +456,8 @@ mod tests {
             Manifest::decode(&bad),
             Err(ManifestError::LengthMismatch { .. })
         ));
-        let foreign = b"d4:infod6:lengthi1e4:name1:x12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
+        let foreign =
+            b"d4:infod6:lengthi1e4:name1:x12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
         assert!(matches!(
             Manifest::decode(foreign),
             Err(ManifestError::NotBlockswarm)

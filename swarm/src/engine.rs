@@ -679,15 +679,10 @@ impl Swarm {
         };
         let bits = bits.unwrap_or_else(|| vec![true; n]);
         let mut useful = 0;
-        for i in 0..n {
-            if p.has[i] {
-                st.availability[i] -= 1;
-            }
-            if bits[i] {
-                st.availability[i] += 1;
-                if !st.have[i] {
-                    useful += 1;
-                }
+        for (i, (&had, &has)) in p.has.iter().zip(&bits).enumerate() {
+            st.availability[i] = st.availability[i] + has as u32 - had as u32;
+            if has && !st.have[i] {
+                useful += 1;
             }
         }
         p.has_count = bits.iter().filter(|&&b| b).count() as u32;
