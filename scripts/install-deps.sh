@@ -10,7 +10,7 @@ pkgs=(
   dosfstools mtools                   # FAT: mkfs.fat, fsck.fat, mcopy
   exfatprogs exfat-fuse               # exFAT
   xfsprogs btrfs-progs f2fs-tools     # filesystems handled through partclone -D
-  transmission-cli aria2 python3-libtorrent   # BitTorrent clients no one here wrote
+  transmission-cli aria2 python3-libtorrent opentracker  # BitTorrent software no one here wrote
   util-linux iproute2 file curl       # losetup, mount; ip/tc for the LAN bench; file; curl
 )
 missing=()

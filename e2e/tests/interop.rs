@@ -216,3 +216,64 @@ fn mixed_swarm_of_our_seeder_libtorrent_and_our_receivers_completes() {
         assert_same_ext4(&img, t, &m, &files);
     }
 }
+
+#[test]
+fn external_opentracker_coordinates_the_swarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, files) = make_ext4(d, "src", 64, 4096, 12, 24);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    let net = 24;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    // Debian's opentracker serves whitelisted torrents only.
+    let info_hash = blockswarm_manifest::Manifest::decode(&std::fs::read(&mpath).unwrap())
+        .unwrap()
+        .info_hash;
+    let wl = d.join("whitelist");
+    std::fs::write(&wl, format!("{}\n", hex::encode(info_hash))).unwrap();
+    let _tracker = Proc::spawn(
+        "opentracker",
+        Command::new("opentracker")
+            .args(["-i", &ip(5), "-p", "6969", "-P", "6969", "-w"])
+            .arg(&wl)
+            .current_dir(d),
+        d,
+    );
+    let tracker_url = format!("http://{}:6969/announce", ip(5));
+    let mut seeder = seeder(
+        &ip(1),
+        &mpath,
+        &["--tracker", &tracker_url, "--expect", "2"],
+        d,
+        "seeder",
+    );
+    let url = manifest_url(&ip(1), &m);
+    let mut rs = Vec::new();
+    for h in 2..=3u8 {
+        let t = d.join(format!("t{h}.img"));
+        random_target(&t, m.map.device_size(), h as u64);
+        // No "done" signal comes through a foreign tracker: seed a little, then stop.
+        rs.push((
+            t.clone(),
+            receiver(
+                &ip(h),
+                &url,
+                &t,
+                &["--seed-after", "5s"],
+                d,
+                &format!("r{h}"),
+            ),
+        ));
+    }
+    for (_, r) in rs.iter_mut() {
+        assert_eq!(r.wait(T), 0, "{}:\n{}", r.name, r.stderr_text());
+        assert!(!r
+            .stderr_text()
+            .contains(&format!("{}:6880/announce", ip(1))));
+    }
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    for (t, _) in &rs {
+        assert_same_ext4(&img, t, &m, &files);
+    }
+}

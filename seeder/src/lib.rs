@@ -305,6 +305,29 @@ impl App {
             .collect()
     }
 
+    /// Receivers complete and still needing data, by peer id: what the tracker heard, joined
+    /// with what our own connections show (with an external tracker only the latter).
+    fn progress(&self) -> (usize, usize) {
+        let mut done = std::collections::HashSet::new();
+        let mut pending = std::collections::HashSet::new();
+        for r in self.receivers() {
+            if r.completed {
+                done.insert(r.peer_id);
+            } else if !r.gone {
+                pending.insert(r.peer_id);
+            }
+        }
+        for p in self.swarm.stats().peers {
+            if p.complete {
+                done.insert(p.peer_id);
+            } else {
+                pending.insert(p.peer_id);
+            }
+        }
+        pending.retain(|id| !done.contains(id));
+        (done.len(), pending.len())
+    }
+
     fn status_json(&self) -> Vec<u8> {
         let receivers = self.receivers();
         let uploaded = self.swarm.stats().uploaded;
@@ -316,7 +339,7 @@ impl App {
             uploaded,
             uploaded_copies: uploaded as f64 / self.total as f64,
             expect: self.expect,
-            completed: receivers.iter().filter(|r| r.completed).count(),
+            completed: self.progress().0,
             done: self.tracker.is_done(),
             receivers,
         };
@@ -429,6 +452,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         let s = swarm.clone();
         let url = announce_url.clone();
         let port = bt_addr.port();
+        let bind = (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip());
         tokio::spawn(async move {
             loop {
                 let a = Announce {
@@ -442,7 +466,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
                     left: 0,
                     event: None,
                 };
-                let wait = match tracker::announce(&a, None).await {
+                let wait = match tracker::announce(&a, bind).await {
                     Ok(r) => {
                         s.add_peers(r.peers);
                         r.interval.min(Duration::from_secs(5))
@@ -471,9 +495,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         if let Some(e) = swarm.fatal_error() {
             return Err(fail(e));
         }
-        let receivers = app.receivers();
-        let completed = receivers.iter().filter(|r| r.completed).count();
-        let pending = receivers.iter().filter(|r| !r.completed && !r.gone).count();
+        let (completed, pending) = app.progress();
         let uploaded = swarm.stats().uploaded;
         pb.set_message(format!(
             "uploaded {:.1} MiB ({:.2} copies), receivers done {completed}/{}",
