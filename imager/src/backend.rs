@@ -26,7 +26,7 @@ pub struct UsedMap {
 
 /// Block size used for dd mode: the largest of 4096/512 dividing the device size.
 fn dd_block_size(size: u64) -> u64 {
-    if size % 4096 == 0 {
+    if size.is_multiple_of(4096) {
         4096
     } else {
         512
@@ -75,11 +75,45 @@ fn from_runs(
 
 fn fsmap_err(path: &Path, fs: &str, e: fsmap::FsError) -> ImagerError {
     match e {
-        fsmap::FsError::Io { source, .. } => ImagerError::Read {
-            offset: 0,
-            source,
-        },
+        fsmap::FsError::Io { source, .. } => ImagerError::Read { offset: 0, source },
         other => not_fs(path, fs, other),
+    }
+}
+
+/// End of the last whole NTFS cluster (the boot sector's sector count times its sector size,
+/// rounded down to `cluster`), where the backup boot sector's tail starts.
+fn ntfs_clusters_end(file: &File, cluster: u64) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let mut bs = [0u8; 512];
+    file.read_exact_at(&mut bs, 0)
+        .map_err(|e| format!("cannot read the boot sector: {e}"))?;
+    if &bs[3..11] != b"NTFS    " {
+        return Err("no NTFS signature in the boot sector".into());
+    }
+    let sector = u64::from(u16::from_le_bytes([bs[11], bs[12]]));
+    let sectors = u64::from_le_bytes(bs[0x28..0x30].try_into().expect("8 bytes"));
+    Ok(sectors.saturating_mul(sector) / cluster.max(1) * cluster.max(1))
+}
+
+/// Bytes the XFS (data section) or btrfs (this device) superblock says the filesystem spans.
+fn declared_fs_size(file: &File, fs: &str) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 0xE0];
+    match fs {
+        "xfs" => {
+            // sb_magicnum, sb_blocksize (be32 at 4), sb_dblocks (be64 at 8).
+            file.read_exact_at(&mut b[..16], 0).ok()?;
+            let block = u64::from(u32::from_be_bytes(b[4..8].try_into().ok()?));
+            let blocks = u64::from_be_bytes(b[8..16].try_into().ok()?);
+            (&b[..4] == b"XFSB").then(|| blocks.saturating_mul(block))
+        }
+        "btrfs" => {
+            // Superblock at 64 KiB: magic at 0x40, dev_item at 0xC9 (total_bytes at +8).
+            file.read_exact_at(&mut b, 0x10000).ok()?;
+            let dev_bytes = u64::from_le_bytes(b[0xD1..0xD9].try_into().ok()?);
+            (&b[0x40..0x48] == b"_BHRfS_M").then_some(dev_bytes)
+        }
+        _ => None,
     }
 }
 
@@ -113,7 +147,8 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             "dd",
         ),
         "ext" => {
-            let ub = partclone_sys::UsedBlocks::open_extfs(path).map_err(|e| not_fs(path, fs_arg, e))?;
+            let ub = partclone_sys::UsedBlocks::open_extfs(path)
+                .map_err(|e| not_fs(path, "ext2/3/4", e))?;
             from_runs(
                 path,
                 ub.fs_type().to_string(),
@@ -125,12 +160,24 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             )
         }
         "ntfs" => {
-            let ub = partclone_sys::UsedBlocks::open_ntfs(path).map_err(|e| not_fs(path, "ntfs", e))?;
+            // Without the `ntfs` feature the installed partclone.ntfs -D maps the clusters
+            // (as --list-fs says).
+            let (block_size, fs_size, mut runs, backend) = if partclone_sys::ntfs_supported() {
+                let ub = partclone_sys::UsedBlocks::open_ntfs(path)
+                    .map_err(|e| not_fs(path, "ntfs", e))?;
+                let runs: Vec<(u64, u64)> = ub.runs().collect();
+                (ub.block_size(), ub.fs_size(), runs, "libntfs-3g")
+            } else {
+                let u = fsmap::partclone_usage("ntfs", path, size)
+                    .map_err(|e| ImagerError::Backend(format!("{}: {e}", path.display())))?;
+                let fs_size =
+                    ntfs_clusters_end(file, u.block_size).map_err(|e| not_fs(path, "ntfs", e))?;
+                (u.block_size, fs_size, u.runs, "partclone")
+            };
             // The clusters end before the volume's last sector, which holds the backup boot
             // sector; copy that short tail too so the target's volume is complete.
-            let tail = (ub.fs_size() < size && size - ub.fs_size() <= NTFS_TAIL_MAX)
-                .then(|| (ub.fs_size(), size - ub.fs_size()));
-            let mut runs: Vec<(u64, u64)> = ub.runs().collect();
+            let tail = (fs_size < size && size - fs_size <= NTFS_TAIL_MAX)
+                .then(|| (fs_size, size - fs_size));
             if let Some((off, len)) = tail {
                 match runs.last_mut() {
                     Some(last) if last.0 + last.1 == off => last.1 += len,
@@ -140,11 +187,11 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             from_runs(
                 path,
                 "ntfs".into(),
-                ub.block_size(),
-                ub.fs_size(),
+                block_size,
+                fs_size,
                 size,
                 runs,
-                "libntfs-3g",
+                backend,
             )
         }
         "fat" | "exfat" => {
@@ -160,7 +207,18 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
         other => {
             let u = fsmap::partclone_usage(other, path, size)
                 .map_err(|e| ImagerError::Backend(format!("{}: {e}", path.display())))?;
-            from_runs(path, u.fs_type, u.block_size, 0, size, u.runs, "partclone")
+            // partclone -D does not notice a truncated image whose missing tail holds no used
+            // block: check the size the superblock declares where we know how to read it.
+            let fs_size = declared_fs_size(file, other).unwrap_or(0);
+            from_runs(
+                path,
+                u.fs_type,
+                u.block_size,
+                fs_size,
+                size,
+                u.runs,
+                "partclone",
+            )
         }
     }
 }
@@ -195,23 +253,32 @@ pub fn list_fs() -> String {
     let rows: Vec<(&str, String, &str)> = vec![
         ("extfs", "libext2fs (in process)".into(), "ext2 ext3 ext4"),
         ("ntfs", ntfs.into(), ""),
-        ("fat", "rust (in process)".into(), "vfat msdos fat12 fat16 fat32"),
+        (
+            "fat",
+            "rust (in process)".into(),
+            "vfat msdos fat12 fat16 fat32",
+        ),
         ("exfat", "rust (in process)".into(), ""),
         ("dd", "every block".into(), "raw"),
     ];
     for (fs, backend, aliases) in rows {
         let _ = writeln!(s, "{fs:<10} {backend:<28} {aliases}");
     }
+    // Every other filesystem an installed partclone module handles, once per filesystem.
+    let mut seen = std::collections::BTreeMap::new();
     for m in &installed {
-        if ["extfs", "ext2", "ext3", "ext4", "ntfs", "fat", "fat12", "fat16", "fat32", "vfat", "exfat", "dd", "imager", "restore", "chkimg", "info", "imgfuse", "ext4dev"]
-            .contains(&m.as_str())
-        {
-            continue;
-        }
-        if fsmap::canonical_fs_name(m).is_some() {
-            let _ = writeln!(s, "{m:<10} {:<28}", format!("partclone.{m} -D"));
+        if let Some(fs) = fsmap::canonical_fs_name(m) {
+            if !["ext", "ntfs", "fat", "exfat", "dd"].contains(&fs) {
+                // Prefer the module named like the filesystem (hfsplus over hfs+).
+                let e = seen.entry(fs).or_insert_with(|| m.clone());
+                if m == fs {
+                    *e = m.clone();
+                }
+            }
         }
     }
-    let _ = has;
+    for (fs, module) in seen {
+        let _ = writeln!(s, "{fs:<10} {:<28}", format!("partclone.{module} -D"));
+    }
     s
 }

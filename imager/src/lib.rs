@@ -72,9 +72,7 @@ impl ImagerError {
             UnknownFs(_) | Map(_) | Backend(_) => exit::BAD_INPUT,
             Target(_) => exit::BAD_TARGET,
             MountedSource { .. } | BinaryToTerminal => exit::REFUSED,
-            Read { .. } | Write { .. } | Manifest(_) | Output { .. } | Internal(_) => {
-                exit::FAILURE
-            }
+            Read { .. } | Write { .. } | Manifest(_) | Output { .. } | Internal(_) => exit::FAILURE,
         }
     }
 }
@@ -205,14 +203,10 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     });
     let pb = progress_bar(cli, used.map.packed_len(), "imaging");
     let t1 = Instant::now();
-    let piece_hashes = pipeline::hash_pieces(
-        &src,
-        &used.map,
-        cli.piece_size,
-        threads,
-        &mut sinks,
-        &|n| pb.inc(n),
-    )?;
+    let piece_hashes =
+        pipeline::hash_pieces(&src, &used.map, cli.piece_size, threads, &mut sinks, &|n| {
+            pb.inc(n)
+        })?;
     pb.finish_and_clear();
     let secs = t1.elapsed().as_secs_f64();
     info!(

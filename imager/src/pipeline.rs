@@ -143,7 +143,9 @@ fn collect_in_order(
     let mut next = 0u32;
     while next < num_pieces {
         let Ok(msg) = done_rx.recv() else {
-            return Err(ImagerError::Internal("hashing threads stopped early".into()));
+            return Err(ImagerError::Internal(
+                "hashing threads stopped early".into(),
+            ));
         };
         let (job, digest) = msg?;
         pending.insert(job.index, (job, digest));
