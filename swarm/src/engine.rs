@@ -145,6 +145,14 @@ enum Out {
     Cancel(Req),
 }
 
+/// A peer listen address learnt from the tracker.
+#[derive(Default)]
+struct Known {
+    last_dial: Option<Instant>,
+    /// Who answered there last time: not redialed while that peer is connected either way.
+    peer_id: Option<[u8; 20]>,
+}
+
 struct State {
     have: Vec<bool>,
     have_count: u32,
@@ -157,7 +165,7 @@ struct State {
     banned: HashSet<IpAddr>,
     banned_ids: HashSet<[u8; 20]>,
     /// Known listen addresses of peers (from the tracker) and when we last dialed them.
-    known: HashMap<SocketAddr, Option<Instant>>,
+    known: HashMap<SocketAddr, Known>,
     connecting: HashSet<SocketAddr>,
     /// Seeder policy: the peer each piece was first served to.
     assigned: Vec<Option<u64>>,
@@ -308,7 +316,7 @@ impl Swarm {
             if a == self.shared.listen_addr {
                 continue;
             }
-            st.known.entry(a).or_insert(None);
+            st.known.entry(a).or_default();
         }
         drop(st);
         self.dial_known();
@@ -322,25 +330,21 @@ impl Swarm {
             if st.peers.len() >= self.shared.opts.max_peers {
                 return;
             }
-            let connected: HashSet<SocketAddr> = st
-                .peers
-                .values()
-                .filter(|p| p.outgoing)
-                .map(|p| p.addr)
-                .collect();
+            let connected: HashSet<[u8; 20]> = st.peers.values().map(|p| p.peer_id).collect();
             let candidates: Vec<SocketAddr> = st
                 .known
                 .iter()
-                .filter(|(a, last)| {
-                    !connected.contains(a)
+                .filter(|(a, k)| {
+                    !k.peer_id.is_some_and(|id| connected.contains(&id))
                         && !st.connecting.contains(a)
                         && !st.banned.contains(&a.ip())
-                        && last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(3))
+                        && k.last_dial
+                            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(3))
                 })
                 .map(|(a, _)| *a)
                 .collect();
             for a in candidates {
-                st.known.insert(a, Some(now));
+                st.known.entry(a).or_default().last_dial = Some(now);
                 st.connecting.insert(a);
                 to_dial.push(a);
             }
@@ -468,6 +472,11 @@ impl Swarm {
         uploaded_to: Arc<AtomicU64>,
     ) -> Result<u64, SwarmError> {
         let mut st = self.lock();
+        if outgoing {
+            if let Some(k) = st.known.get_mut(&addr) {
+                k.peer_id = Some(peer_id);
+            }
+        }
         if st.banned_ids.contains(&peer_id) {
             return Err(SwarmError::Banned);
         }
