@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// `auto` (0) or an explicit piece size.
 fn parse_piece_size(s: &str) -> Result<u32, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(0);
+    }
     let t = s.trim().to_ascii_lowercase();
     let (num, mult) = if let Some(n) = t.strip_suffix("mib").or(t.strip_suffix('m')) {
         (n, 1u64 << 20)
@@ -54,8 +58,10 @@ pub struct Cli {
     #[arg(long, env = "IMAGER_LIST_FS")]
     pub list_fs: bool,
 
-    /// Piece size: a power of two from 16K to 64M.
-    #[arg(long, env = "IMAGER_PIECE_SIZE", default_value = "4M", value_parser = parse_piece_size)]
+    /// Piece size: a power of two from 16K to 64M, or auto: about 1024 pieces, from 256K
+    /// (small images still have enough pieces to trade) to 4M (big ones keep a small
+    /// manifest).
+    #[arg(long, env = "IMAGER_PIECE_SIZE", default_value = "auto", value_parser = parse_piece_size)]
     pub piece_size: u32,
 
     /// Torrent name (and file name of the packed data with --save). Default: SOURCE's file
@@ -98,6 +104,13 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// The `auto` piece size for `used` bytes: ~1024 pieces, clamped to 256 KiB ..= 4 MiB.
+pub fn auto_piece_size(used: u64) -> u32 {
+    (used / 1024)
+        .next_power_of_two()
+        .clamp(256 << 10, blockswarm_manifest::DEFAULT_PIECE_LENGTH as u64) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,12 +118,20 @@ mod tests {
     #[test]
     fn piece_sizes() {
         assert_eq!(parse_piece_size("4M").unwrap(), 4 << 20);
+        assert_eq!(parse_piece_size("auto").unwrap(), 0);
         assert_eq!(parse_piece_size("16k").unwrap(), 16 << 10);
         assert_eq!(parse_piece_size("262144").unwrap(), 262144);
         assert!(parse_piece_size("3M").is_err());
         assert!(parse_piece_size("8K").is_err());
         assert!(parse_piece_size("128M").is_err());
         assert!(parse_piece_size("x").is_err());
+    }
+
+    #[test]
+    fn auto_piece_sizes() {
+        assert_eq!(auto_piece_size(30 << 20), 256 << 10);
+        assert_eq!(auto_piece_size(1 << 30), 1 << 20);
+        assert_eq!(auto_piece_size(100 << 30), 4 << 20);
     }
 
     #[test]

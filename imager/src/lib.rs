@@ -201,10 +201,14 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    let piece_length = match cli.piece_size {
+        0 => cli::auto_piece_size(used.map.packed_len()),
+        p => p,
+    };
     let pb = progress_bar(cli, used.map.packed_len(), "imaging");
     let t1 = Instant::now();
     let piece_hashes =
-        pipeline::hash_pieces(&src, &used.map, cli.piece_size, threads, &mut sinks, &|n| {
+        pipeline::hash_pieces(&src, &used.map, piece_length, threads, &mut sinks, &|n| {
             pb.inc(n)
         })?;
     pb.finish_and_clear();
@@ -219,7 +223,7 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     let canonical_source = fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
     let manifest = Manifest {
         name: name.clone(),
-        piece_length: cli.piece_size,
+        piece_length,
         piece_hashes,
         fs_type: used.fs_type.clone(),
         block_size: used.block_size,
@@ -261,7 +265,7 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
             used.map.packed_len(),
             used.map.len(),
             manifest.num_pieces(),
-            cli.piece_size / 1024,
+            piece_length / 1024,
             hex::encode(manifest.info_hash()?),
         );
     }
