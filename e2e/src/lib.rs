@@ -337,3 +337,44 @@ pub fn seeder_status(p: &Proc) -> serde_json::Value {
         )
     })
 }
+
+/// Starts one receiver per host `h` in `hosts`, on 127.0.`net`.`h`, each writing its own
+/// target `t<h>.img` in `dir`, pre-filled with random bytes (seeded by `seed + h`).
+pub fn start_receivers(
+    net: u8,
+    hosts: std::ops::RangeInclusive<u8>,
+    url: &str,
+    m: &Manifest,
+    extra: &[&str],
+    dir: &Path,
+    seed: u64,
+) -> Vec<(PathBuf, Proc)> {
+    hosts
+        .map(|h| {
+            let t = dir.join(format!("t{h}.img"));
+            random_target(&t, m.map.device_size(), seed + h as u64);
+            let r = receiver(
+                &format!("127.0.{net}.{h}"),
+                url,
+                &t,
+                extra,
+                dir,
+                &format!("r{h}"),
+            );
+            (t, r)
+        })
+        .collect()
+}
+
+/// Waits for every receiver to exit 0.
+pub fn wait_all_ok(rs: &mut [(PathBuf, Proc)], timeout: Duration) {
+    for (_, r) in rs.iter_mut() {
+        assert_eq!(
+            r.wait(timeout),
+            0,
+            "{} failed:\n{}",
+            r.name,
+            r.stderr_text()
+        );
+    }
+}

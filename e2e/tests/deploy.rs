@@ -21,19 +21,8 @@ fn deploy_ext4(net: u8, block_size: u32) {
     let ip = |h: u8| format!("127.0.{net}.{h}");
     let mut seeder = seeder(&ip(1), &mpath, &["--expect", "3"], d, "seeder");
     let url = manifest_url(&ip(1), &m);
-    let mut receivers = Vec::new();
-    for h in 2..=4u8 {
-        let t = d.join(format!("t{h}.img"));
-        random_target(&t, m.map.device_size(), h as u64);
-        receivers.push((
-            t.clone(),
-            receiver(&ip(h), &url, &t, &["--verify"], d, &format!("r{h}")),
-        ));
-    }
-    for (_, r) in receivers.iter_mut() {
-        let code = r.wait(T);
-        assert_eq!(code, 0, "{} failed:\n{}", r.name, r.stderr_text());
-    }
+    let mut receivers = start_receivers(net, 2..=4, &url, &m, &["--verify"], d, 0);
+    wait_all_ok(&mut receivers, T);
     assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
     let status = seeder_status(&seeder);
     assert_eq!(status["completed"], 3, "{status}");
@@ -70,18 +59,8 @@ fn four_receivers_share_so_the_capped_seeder_uploads_under_1_5_copies() {
         "seeder",
     );
     let url = manifest_url(&ip(1), &m);
-    let mut rs = Vec::new();
-    for h in 2..=5u8 {
-        let t = d.join(format!("t{h}.img"));
-        random_target(&t, m.map.device_size(), h as u64);
-        rs.push((
-            t.clone(),
-            receiver(&ip(h), &url, &t, &[], d, &format!("r{h}")),
-        ));
-    }
-    for (_, r) in rs.iter_mut() {
-        assert_eq!(r.wait(T), 0, "{}:\n{}", r.name, r.stderr_text());
-    }
+    let mut rs = start_receivers(net, 2..=5, &url, &m, &[], d, 0);
+    wait_all_ok(&mut rs, T);
     assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
     let status = seeder_status(&seeder);
     let copies = status["uploaded_copies"].as_f64().unwrap();
@@ -125,18 +104,8 @@ fn image_mode_deploys_the_same_result() {
         d,
     );
     let url = manifest_url(&ip(1), &m);
-    let mut rs = Vec::new();
-    for h in 2..=3u8 {
-        let t = d.join(format!("t{h}.img"));
-        random_target(&t, m.map.device_size(), 100 + h as u64);
-        rs.push((
-            t.clone(),
-            receiver(&ip(h), &url, &t, &["--verify"], d, &format!("r{h}")),
-        ));
-    }
-    for (_, r) in rs.iter_mut() {
-        assert_eq!(r.wait(T), 0, "{}:\n{}", r.name, r.stderr_text());
-    }
+    let mut rs = start_receivers(net, 2..=3, &url, &m, &["--verify"], d, 100);
+    wait_all_ok(&mut rs, T);
     assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
     for (t, _) in &rs {
         assert_same_ext4(&img, t, &m, &files);

@@ -183,25 +183,8 @@ fn mixed_swarm_of_our_seeder_libtorrent_and_our_receivers_completes() {
     let lt_out = d.join("lt");
     std::fs::create_dir_all(&lt_out).unwrap();
     let mut leech = lt("leech", &served, &lt_out, &ip(9), 100, d);
-    let mut rs = Vec::new();
-    for h in 2..=3u8 {
-        let t = d.join(format!("t{h}.img"));
-        random_target(&t, m.map.device_size(), h as u64);
-        rs.push((
-            t.clone(),
-            receiver(
-                &ip(h),
-                &url,
-                &t,
-                &["--seed-after", "3s"],
-                d,
-                &format!("r{h}"),
-            ),
-        ));
-    }
-    for (_, r) in rs.iter_mut() {
-        assert_eq!(r.wait(T), 0, "{}:\n{}", r.name, r.stderr_text());
-    }
+    let mut rs = start_receivers(net, 2..=3, &url, &m, &["--seed-after", "3s"], d, 0);
+    wait_all_ok(&mut rs, T);
     assert_eq!(
         leech.wait(T),
         0,
@@ -249,29 +232,15 @@ fn external_opentracker_coordinates_the_swarm() {
         "seeder",
     );
     let url = manifest_url(&ip(1), &m);
-    let mut rs = Vec::new();
-    for h in 2..=3u8 {
-        let t = d.join(format!("t{h}.img"));
-        random_target(&t, m.map.device_size(), h as u64);
-        // No "done" signal comes through a foreign tracker: seed a little, then stop.
-        rs.push((
-            t.clone(),
-            receiver(
-                &ip(h),
-                &url,
-                &t,
-                &["--seed-after", "5s"],
-                d,
-                &format!("r{h}"),
-            ),
-        ));
-    }
-    for (_, r) in rs.iter_mut() {
-        assert_eq!(r.wait(T), 0, "{}:\n{}", r.name, r.stderr_text());
-        assert!(!r
-            .stderr_text()
-            .contains(&format!("{}:6880/announce", ip(1))));
-    }
+    // No "done" signal comes through a foreign tracker: seed a little, then stop.
+    let mut rs = start_receivers(net, 2..=3, &url, &m, &["--seed-after", "5s"], d, 0);
+    // The served manifest names the external tracker, not the embedded one.
+    let served = http_get(&url).expect("seeder serves its manifest");
+    let served = blockswarm_manifest::Manifest::decode(&served)
+        .unwrap()
+        .manifest;
+    assert_eq!(served.announce.as_deref(), Some(tracker_url.as_str()));
+    wait_all_ok(&mut rs, T);
     assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
     for (t, _) in &rs {
         assert_same_ext4(&img, t, &m, &files);

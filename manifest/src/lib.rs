@@ -8,6 +8,7 @@
 pub mod device;
 pub mod exit;
 mod extent;
+pub mod logging;
 
 pub use extent::{Extent, ExtentMap, ExtentMapBuilder, Segment, Segments};
 
