@@ -298,3 +298,43 @@ fn missing_source_and_unknown_fs_are_bad_input() {
     random_file(&src, 1 << 20, 562);
     refused("--fs zfs", &["--fs", "zfs"], &src, &target, exit::BAD_INPUT);
 }
+
+#[test]
+fn ntfs_with_zeroed_bitmap_record_is_bad_input() {
+    if !need_tools("ntfs-zeroed-bitmap", &["mkfs.ntfs"]) {
+        return;
+    }
+    let s = Scratch::new("ntfs-bitmap");
+    let full = s.join("full.img");
+    sparse_file(&full, 64 << 20);
+    run_ok(tool("mkfs.ntfs").args(["-F", "-Q", "-q"]).arg(&full));
+    // Boot sector: bytes per sector (0x0B), sectors per cluster (0x0D), $MFT cluster (0x30),
+    // clusters (or 2^-n bytes) per MFT record (0x40). $Bitmap is MFT record 6.
+    let bs = read_at(&full, 0, 512);
+    let sector = u16::from_le_bytes([bs[0x0B], bs[0x0C]]) as u64;
+    let cluster = sector * bs[0x0D] as u64;
+    let mft = u64::from_le_bytes(bs[0x30..0x38].try_into().unwrap()) * cluster;
+    let rec = bs[0x40] as i8;
+    let rec_len = if rec < 0 {
+        1u64 << (-rec)
+    } else {
+        rec as u64 * cluster
+    };
+    let at = mft + 6 * rec_len;
+    assert_eq!(&read_at(&full, at, 4), b"FILE", "record 6 is an MFT record");
+    let src = s.join("zeroed.img");
+    fs::copy(&full, &src).unwrap();
+    patch(&src, at, &vec![0u8; rec_len as usize]);
+    let target = s.join("target.img");
+    sparse_file(&target, 64 << 20);
+    patch(&target, 0, b"target sentinel");
+    refused(
+        "ntfs with a zeroed $Bitmap record",
+        &["--fs", "ntfs"],
+        &src,
+        &target,
+        exit::BAD_INPUT,
+    );
+    // Control: the intact image copies.
+    run_ok(imager().arg("-q").arg(&full).arg("--copy-to").arg(&target));
+}
