@@ -159,6 +159,14 @@ impl TrackerServer {
                 p.gone = true;
             }
         }
+        // A node restarted at the same address (a receiver killed and started again)
+        // replaces its old entry at once.
+        let addr = SocketAddr::new(ip, port);
+        for (id, p) in peers.iter_mut() {
+            if *id != pid && p.addr == addr {
+                p.gone = true;
+            }
+        }
         if event == "stopped" {
             if let Some(p) = peers.get_mut(&pid) {
                 p.gone = true;
@@ -176,7 +184,7 @@ impl TrackerServer {
                 seconds_to_complete: None,
             });
             e.gone = false;
-            e.addr = SocketAddr::new(ip, port);
+            e.addr = addr;
             e.left = left;
             e.uploaded = num("uploaded");
             e.downloaded = num("downloaded");
@@ -360,5 +368,27 @@ mod tests {
             announce(&a, None).await,
             Err(SwarmError::Tracker(_))
         ));
+    }
+
+    #[test]
+    fn a_node_restarted_at_the_same_address_replaces_its_old_entry() {
+        let ih = [7u8; 20];
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        let req = |pid: u8| Request {
+            path: "/announce".into(),
+            query: vec![
+                ("info_hash".into(), ih.to_vec()),
+                ("peer_id".into(), vec![pid; 20]),
+                ("port".into(), b"6881".to_vec()),
+                ("left".into(), b"100".to_vec()),
+            ],
+            peer: "127.0.0.2:40000".parse().unwrap(),
+        };
+        t.announce(&req(1));
+        t.announce(&req(2));
+        let snap = t.snapshot();
+        assert_eq!(snap.len(), 2);
+        assert!(snap.iter().any(|(id, p)| *id == [1u8; 20] && p.gone));
+        assert!(snap.iter().any(|(id, p)| *id == [2u8; 20] && !p.gone));
     }
 }
