@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p blockswarm-e2e --bench scale`
 //! Environment: SCALE_USED_MIB (default 2048), SCALE_MANY_RUNS (default 500000),
-//! SCALE_FEW_RUNS (default 1000).
+//! SCALE_FEW_RUNS (default 1000), SCALE_DIR (default /var/tmp; /dev/shm takes the disk out).
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
