@@ -433,7 +433,12 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
                         event = None;
                         sw.add_peers(r.peers);
                         let _ = done_tx.send(r.done);
-                        r.interval.min(Duration::from_secs(10))
+                        // Once complete, poll each second so "done" is seen at once.
+                        if complete {
+                            Duration::from_secs(1)
+                        } else {
+                            r.interval.min(Duration::from_secs(10))
+                        }
                     }
                     Err(e) => {
                         debug!("announce failed: {e}");
