@@ -10,7 +10,6 @@
 //! Environment: SCALE_USED_MIB (default 2048), SCALE_MANY_RUNS (default 500000),
 //! SCALE_FEW_RUNS (default 1000), SCALE_DIR (default /var/tmp; /dev/shm takes the disk out).
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -48,13 +47,7 @@ fn manifest_for(dev: &Path, map: ExtentMap, name: &str) -> Manifest {
     let mut off = 0;
     while off < total {
         let len = (total - off).min(piece as u64) as usize;
-        for s in map.segments(off, len as u64).unwrap() {
-            f.read_exact_at(
-                &mut buf[s.buf_offset as usize..(s.buf_offset + s.length) as usize],
-                s.device_offset,
-            )
-            .unwrap();
-        }
+        map.read_packed(&f, off, &mut buf[..len]).unwrap();
         hashes.push(Sha1::digest(&buf[..len]).into());
         off += len as u64;
     }

@@ -118,16 +118,9 @@ pub fn sha1_file(path: &Path) -> String {
 
 /// The packed data (used runs concatenated) of `dev` according to `m`.
 pub fn packed_data(dev: &Path, m: &Manifest) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(dev).unwrap();
     let mut out = vec![0u8; m.total_length() as usize];
-    for seg in m.map.segments(0, m.total_length()).unwrap() {
-        f.read_exact_at(
-            &mut out[seg.buf_offset as usize..(seg.buf_offset + seg.length) as usize],
-            seg.device_offset,
-        )
-        .unwrap();
-    }
+    m.map.read_packed(&f, 0, &mut out).unwrap();
     out
 }
 

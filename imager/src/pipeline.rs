@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
-use blockswarm_manifest::ExtentMap;
+use blockswarm_manifest::{ExtentMap, PackedIoError};
 use sha1::{Digest, Sha1};
 
 use crate::ImagerError;
@@ -32,22 +32,25 @@ pub fn read_packed(
     packed_offset: u64,
     buf: &mut [u8],
 ) -> Result<(), ImagerError> {
-    for seg in map.segments(packed_offset, buf.len() as u64)? {
-        let dst = &mut buf[seg.buf_offset as usize..(seg.buf_offset + seg.length) as usize];
-        src.read_exact_at(dst, seg.device_offset).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                ImagerError::Truncated {
-                    offset: seg.device_offset + seg.length,
-                }
-            } else {
-                ImagerError::Read {
-                    offset: seg.device_offset,
-                    source: e,
-                }
-            }
-        })?;
-    }
-    Ok(())
+    map.read_packed(src, packed_offset, buf)
+        .map_err(|e| match e {
+            PackedIoError::Range(e) => ImagerError::Map(e),
+            PackedIoError::Io {
+                device_offset,
+                length,
+                source,
+            } if source.kind() == io::ErrorKind::UnexpectedEof => ImagerError::Truncated {
+                offset: device_offset + length,
+            },
+            PackedIoError::Io {
+                device_offset,
+                source,
+                ..
+            } => ImagerError::Read {
+                offset: device_offset,
+                source,
+            },
+        })
 }
 
 struct Job {
@@ -197,17 +200,20 @@ pub struct CopySink<'a> {
 
 impl Sink for CopySink<'_> {
     fn piece(&mut self, _index: u32, packed_offset: u64, data: &[u8]) -> Result<(), ImagerError> {
-        for seg in self.map.segments(packed_offset, data.len() as u64)? {
-            let chunk = &data[seg.buf_offset as usize..(seg.buf_offset + seg.length) as usize];
-            self.file
-                .write_all_at(chunk, seg.device_offset)
-                .map_err(|e| ImagerError::Write {
+        self.map
+            .write_packed(&self.file, packed_offset, data)
+            .map_err(|e| match e {
+                PackedIoError::Range(e) => ImagerError::Map(e),
+                PackedIoError::Io {
+                    device_offset,
+                    source,
+                    ..
+                } => ImagerError::Write {
                     path: self.path.clone(),
-                    offset: seg.device_offset,
-                    source: e,
-                })?;
-        }
-        Ok(())
+                    offset: device_offset,
+                    source,
+                },
+            })
     }
     fn finish(&mut self) -> Result<(), ImagerError> {
         self.file.sync_all().map_err(|e| ImagerError::Write {

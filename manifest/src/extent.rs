@@ -1,7 +1,25 @@
 //! The extent map: which byte runs of a partition are used, and how they map onto the
 //! "packed" stream (the used runs concatenated in offset order) that the torrent describes.
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
 use crate::MapError;
+
+/// A failed positional read or write of packed bytes on a device.
+#[derive(Debug, thiserror::Error)]
+pub enum PackedIoError {
+    #[error("{0}")]
+    Range(#[from] MapError),
+    #[error("at device byte {device_offset} (+{length}): {source}")]
+    Io {
+        /// Device offset and length of the segment that failed.
+        device_offset: u64,
+        length: u64,
+        source: io::Error,
+    },
+}
 
 /// One used run on the device: `length` bytes starting at byte `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,6 +168,48 @@ impl ExtentMap {
             start: packed_offset,
             end,
         })
+    }
+}
+
+impl ExtentMap {
+    /// Fills `buf` with the packed bytes at `packed_offset`, one positional read per device
+    /// segment; every read must be complete.
+    pub fn read_packed(
+        &self,
+        dev: &File,
+        packed_offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), PackedIoError> {
+        for s in self.segments(packed_offset, buf.len() as u64)? {
+            let dst = &mut buf[s.buf_offset as usize..(s.buf_offset + s.length) as usize];
+            dev.read_exact_at(dst, s.device_offset)
+                .map_err(|source| PackedIoError::Io {
+                    device_offset: s.device_offset,
+                    length: s.length,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` (packed bytes at `packed_offset`) to their device offsets, one positional
+    /// write per device segment; every write must be complete.
+    pub fn write_packed(
+        &self,
+        dev: &File,
+        packed_offset: u64,
+        data: &[u8],
+    ) -> Result<(), PackedIoError> {
+        for s in self.segments(packed_offset, data.len() as u64)? {
+            let src = &data[s.buf_offset as usize..(s.buf_offset + s.length) as usize];
+            dev.write_all_at(src, s.device_offset)
+                .map_err(|source| PackedIoError::Io {
+                    device_offset: s.device_offset,
+                    length: s.length,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ pub mod exit;
 mod extent;
 pub mod logging;
 
-pub use extent::{Extent, ExtentMap, ExtentMapBuilder, Segment, Segments};
+pub use extent::{Extent, ExtentMap, ExtentMapBuilder, PackedIoError, Segment, Segments};
 
 use librqbit_bencode::{ByteBuf, WithRawBytes};
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blockswarm_manifest::ExtentMap;
+use blockswarm_manifest::{ExtentMap, PackedIoError};
 
 /// Random-access storage of the packed stream. Every read and write is complete or an error.
 pub trait Storage: Send + Sync + 'static {
@@ -43,33 +43,30 @@ impl DeviceStorage {
     }
 }
 
+impl DeviceStorage {
+    fn context(&self, what: &str, e: PackedIoError) -> io::Error {
+        match e {
+            PackedIoError::Range(e) => io::Error::new(io::ErrorKind::InvalidInput, e),
+            PackedIoError::Io {
+                device_offset,
+                source,
+                ..
+            } => with_context(source, what, &self.path, device_offset),
+        }
+    }
+}
+
 impl Storage for DeviceStorage {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let segs = self
-            .map
-            .segments(offset, buf.len() as u64)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        for s in segs {
-            let dst = &mut buf[s.buf_offset as usize..(s.buf_offset + s.length) as usize];
-            self.file
-                .read_exact_at(dst, s.device_offset)
-                .map_err(|e| with_context(e, "read", &self.path, s.device_offset))?;
-        }
-        Ok(())
+        self.map
+            .read_packed(&self.file, offset, buf)
+            .map_err(|e| self.context("read", e))
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let segs = self
-            .map
-            .segments(offset, data.len() as u64)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        for s in segs {
-            let src = &data[s.buf_offset as usize..(s.buf_offset + s.length) as usize];
-            self.file
-                .write_all_at(src, s.device_offset)
-                .map_err(|e| with_context(e, "write", &self.path, s.device_offset))?;
-        }
-        Ok(())
+        self.map
+            .write_packed(&self.file, offset, data)
+            .map_err(|e| self.context("write", e))
     }
 
     fn sync(&self) -> io::Result<()> {
