@@ -126,7 +126,7 @@ fn fail(e: impl std::fmt::Display) -> SeederError {
     SeederError::Failure(e.to_string())
 }
 
-fn read_manifest(cli: &Cli) -> Result<(Vec<u8>, DecodedManifest), SeederError> {
+fn read_manifest(cli: &Cli) -> Result<DecodedManifest, SeederError> {
     let from_image_dir = || -> Result<Option<PathBuf>, SeederError> {
         let Some(dir) = &cli.image else {
             return Ok(None);
@@ -171,8 +171,7 @@ fn read_manifest(cli: &Cli) -> Result<(Vec<u8>, DecodedManifest), SeederError> {
             b
         }
     };
-    let d = Manifest::decode(&bytes).map_err(|e| bad(format!("invalid manifest: {e}")))?;
-    Ok((bytes, d))
+    Manifest::decode(&bytes).map_err(|e| bad(format!("invalid manifest: {e}")))
 }
 
 fn open_storage(cli: &Cli, m: &Manifest) -> Result<(Arc<dyn Storage>, String), SeederError> {
@@ -330,12 +329,13 @@ impl App {
 
     fn status_json(&self) -> Vec<u8> {
         let receivers = self.receivers();
-        let uploaded = self.swarm.stats().uploaded;
+        let stats = self.swarm.stats();
+        let uploaded = stats.uploaded;
         let s = Status {
             name: &self.name,
             info_hash: hex::encode(self.info_hash),
             total_bytes: self.total,
-            pieces: self.swarm.stats().pieces_total,
+            pieces: stats.pieces_total,
             uploaded,
             uploaded_copies: uploaded as f64 / self.total as f64,
             expect: self.expect,
@@ -365,7 +365,7 @@ impl App {
 
 /// Runs the seeder until done (with `--expect`) or killed.
 pub async fn run(cli: Cli) -> Result<(), SeederError> {
-    let (_raw, decoded) = read_manifest(&cli)?;
+    let decoded = read_manifest(&cli)?;
     let m = decoded.manifest;
     let info_hash = decoded.info_hash;
     let (storage, desc) = open_storage(&cli, &m)?;
