@@ -1,5 +1,6 @@
-//! A real BitTorrent peer that lies: it claims every piece and answers each request with
-//! random bytes. Used to check that receivers verify, ban it, and still end correct.
+//! A real BitTorrent peer that lies: it claims every piece and answers requests with bad
+//! bytes. Used to check that receivers verify, ban it (or at least never an honest peer),
+//! and still end correct.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,33 @@ pub struct EvilStats {
     pub blocks_sent: AtomicU64,
 }
 
-/// Starts the peer on `addr` in a background thread; returns its counters.
+/// How the peer lies.
+#[derive(Clone)]
+pub enum Lie {
+    /// Every block is random bytes.
+    Random,
+    /// Knows the real packed data; rejects (Fast REJECT) every request for a piece's first
+    /// block, corrupts its second block and serves the rest right. Its bad block therefore
+    /// always lands in a piece that an honest peer also sent blocks of: the receiver cannot
+    /// tell from one failure who lied.
+    MixIn {
+        packed: Arc<Vec<u8>>,
+        piece_len: u32,
+    },
+}
+
+/// Starts a `Lie::Random` peer on `addr` in a background thread; returns its counters.
 pub fn start(addr: SocketAddr, info_hash: [u8; 20], num_pieces: u32) -> Arc<EvilStats> {
+    start_with(addr, info_hash, num_pieces, Lie::Random)
+}
+
+/// Starts a lying peer on `addr` in a background thread; returns its counters.
+pub fn start_with(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    num_pieces: u32,
+    lie: Lie,
+) -> Arc<EvilStats> {
     let stats = Arc::new(EvilStats::default());
     let s2 = stats.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -36,9 +62,10 @@ pub fn start(addr: SocketAddr, info_hash: [u8; 20], num_pieces: u32) -> Arc<Evil
                     continue;
                 };
                 let st = s2.clone();
+                let lie = lie.clone();
                 tokio::spawn(async move {
                     st.connections.fetch_add(1, Ordering::Relaxed);
-                    let _ = serve(s, info_hash, num_pieces, st).await;
+                    let _ = serve(s, info_hash, num_pieces, lie, st).await;
                 });
             }
         });
@@ -51,6 +78,7 @@ async fn serve(
     s: tokio::net::TcpStream,
     info_hash: [u8; 20],
     num_pieces: u32,
+    lie: Lie,
     stats: Arc<EvilStats>,
 ) -> Result<(), wire::WireError> {
     let (mut rd, mut wr) = s.into_split();
@@ -71,9 +99,23 @@ async fn serve(
     let mut frames = FrameReader::new(rd, 1 << 20);
     while let Some(m) = frames.next().await? {
         if let Msg::Request(r) = m {
-            let mut data = vec![0u8; r.length as usize];
-            rand::thread_rng().fill_bytes(&mut data);
             buf.clear();
+            let mut data = vec![0u8; r.length as usize];
+            match &lie {
+                Lie::Random => rand::thread_rng().fill_bytes(&mut data),
+                Lie::MixIn { packed, piece_len } => {
+                    if r.begin == 0 {
+                        wire::encode(&Msg::Reject(r), &mut buf);
+                        wr.write_all(&buf).await?;
+                        continue;
+                    }
+                    let at = r.index as usize * *piece_len as usize + r.begin as usize;
+                    data.copy_from_slice(&packed[at..at + r.length as usize]);
+                    if r.begin == wire::BLOCK_SIZE {
+                        data[0] ^= 0xff;
+                    }
+                }
+            }
             wire::encode(
                 &Msg::Piece {
                     index: r.index,

@@ -291,6 +291,69 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_target_stays_correct() {
         "no hash failure logged:\n{log}"
     );
     assert!(log.contains("banning peer"), "liar not banned:\n{log}");
+    // Only the liar: pieces mixing its blocks with the seeder's must not cost the seeder.
+    for line in log.lines().filter(|l| l.contains("banning peer")) {
+        assert!(
+            line.contains(&evil_addr.to_string()),
+            "honest peer banned: {line}"
+        );
+    }
+    assert_same_ext4(&f.img, &t, &f.m, &f.files);
+}
+
+#[test]
+fn a_liar_hiding_among_honest_senders_never_gets_the_seeder_banned() {
+    // The liar's bad block always shares a piece with blocks from the seeder, so each failed
+    // piece has two senders. Blaming both (strikes) would ban the seeder and hang the deploy.
+    let f = fixture(38, 8);
+    let d = &f.d;
+    let ip = |h: u8| format!("127.0.38.{h}");
+    let mut packed = vec![0u8; f.m.map.packed_len() as usize];
+    f.m.map
+        .read_packed(&std::fs::File::open(&f.img).unwrap(), 0, &mut packed)
+        .unwrap();
+    let evil_addr: std::net::SocketAddr = format!("{}:6881", ip(9)).parse().unwrap();
+    let evil = blockswarm_e2e::evil_peer::start_with(
+        evil_addr,
+        f.m.info_hash().unwrap(),
+        f.m.num_pieces(),
+        blockswarm_e2e::evil_peer::Lie::MixIn {
+            packed: std::sync::Arc::new(packed),
+            piece_len: f.m.piece_length,
+        },
+    );
+    let mut seeder = seeder(
+        &ip(1),
+        &f.mpath,
+        &["--expect", "1", "--upload-limit", "2M"],
+        d,
+        "seeder",
+    );
+    let t = d.join("t.img");
+    random_target(&t, f.m.map.device_size(), 5);
+    let mut r = receiver(
+        &ip(2),
+        &manifest_url(&ip(1), &f.m),
+        &t,
+        &["--peer", &evil_addr.to_string(), "--verify"],
+        d,
+        "receiver",
+    );
+    assert_eq!(r.wait(T), 0, "receiver:\n{}", r.stderr_text());
+    assert_eq!(seeder.wait(T), 0);
+    assert!(evil.blocks_sent.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let log = r.stderr_text();
+    let failures = log.matches("failed its SHA-1 check").count();
+    assert!(
+        failures >= 2,
+        "the liar caused {failures} hash failures; the test needs two or more:\n{log}"
+    );
+    for line in log.lines().filter(|l| l.contains("banning peer")) {
+        assert!(
+            line.contains(&evil_addr.to_string()),
+            "honest peer banned: {line}"
+        );
+    }
     assert_same_ext4(&f.img, &t, &f.m, &f.files);
 }
 

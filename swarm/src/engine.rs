@@ -115,7 +115,24 @@ struct InProgress {
     requesters: Vec<Vec<u64>>,
     received: u32,
     first_missing: usize,
-    contributors: HashSet<u64>,
+    /// Who sent each received block (`NOBODY` if none yet).
+    from: Vec<u64>,
+    /// Set for a piece that already failed its hash with several senders: the whole piece is
+    /// then fetched from this one peer, so a second failure names the culprit.
+    owner: Option<u64>,
+}
+
+const NOBODY: u64 = u64::MAX;
+
+impl InProgress {
+    fn contributors(&self) -> HashSet<u64> {
+        self.from.iter().copied().filter(|&k| k != NOBODY).collect()
+    }
+
+    /// May `key` fetch blocks of this piece?
+    fn open_to(&self, key: u64) -> bool {
+        self.owner.is_none_or(|o| o == key)
+    }
 }
 
 struct PeerState {
@@ -135,7 +152,6 @@ struct PeerState {
     rejected: HashMap<u32, Instant>,
     uploaded_to: Arc<AtomicU64>,
     downloaded_from: u64,
-    strikes: u32,
     outgoing: bool,
 }
 
@@ -164,6 +180,10 @@ struct State {
     cursor: u32,
     banned: HashSet<IpAddr>,
     banned_ids: HashSet<[u8; 20]>,
+    /// Connection keys of banned peers (their blocks still in flight or being verified).
+    banned_keys: HashSet<u64>,
+    /// Pieces that failed their hash with several senders: next time from one peer only.
+    single_source: HashSet<u32>,
     /// Known listen addresses of peers (from the tracker) and when we last dialed them.
     known: HashMap<SocketAddr, Known>,
     connecting: HashSet<SocketAddr>,
@@ -275,6 +295,8 @@ impl Swarm {
                 cursor,
                 banned: HashSet::new(),
                 banned_ids: HashSet::new(),
+                banned_keys: HashSet::new(),
+                single_source: HashSet::new(),
                 known: HashMap::new(),
                 connecting: HashSet::new(),
                 assigned: vec![None; n],
@@ -514,7 +536,6 @@ impl Swarm {
                 rejected: HashMap::new(),
                 uploaded_to,
                 downloaded_from: 0,
-                strikes: 0,
                 outgoing,
             },
         );
@@ -545,6 +566,8 @@ impl Swarm {
         for &(index, begin) in p.inflight.keys() {
             Self::release_block(st, key, index, begin);
         }
+        // A piece only this peer was fetching starts over with another single peer.
+        st.in_progress.retain(|_, ip| ip.owner != Some(key));
         for a in st.assigned.iter_mut() {
             if *a == Some(key) {
                 *a = None;
@@ -561,7 +584,17 @@ impl Swarm {
     }
 
     /// Forgets that `key` requested a block; it becomes missing if nobody else asked for it.
+    /// A single-source piece whose owner gives up a block (reject, choke, timeout, gone)
+    /// starts over, so the next peer to ask becomes its owner.
     fn release_block(st: &mut State, key: u64, index: u32, begin: u32) {
+        if st
+            .in_progress
+            .get(&index)
+            .is_some_and(|ip| ip.owner == Some(key))
+        {
+            st.in_progress.remove(&index);
+            return;
+        }
         if let Some(ip) = st.in_progress.get_mut(&index) {
             let b = (begin / BLOCK_SIZE) as usize;
             ip.requesters[b].retain(|&k| k != key);
@@ -759,7 +792,8 @@ impl Swarm {
             requesters: vec![Vec::new(); nb],
             received: 0,
             first_missing: 0,
-            contributors: HashSet::new(),
+            from: vec![NOBODY; nb],
+            owner: None,
         }
     }
 
@@ -769,7 +803,7 @@ impl Swarm {
         // 1. Finish pieces already in progress.
         let mut found = None;
         for (&index, ip) in st.in_progress.iter() {
-            if !p.has[index as usize] || refused(p, index) {
+            if !p.has[index as usize] || refused(p, index) || !ip.open_to(key) {
                 continue;
             }
             if let Some(b) =
@@ -785,7 +819,10 @@ impl Swarm {
                 if st.availability[index as usize] <= 1 {
                     st.cursor = (index + 1) % st.have.len() as u32;
                 }
-                let ip = self.new_in_progress(index);
+                let mut ip = self.new_in_progress(index);
+                if st.single_source.contains(&index) {
+                    ip.owner = Some(key);
+                }
                 st.in_progress.insert(index, ip);
                 found = Some((index, 0));
             }
@@ -797,7 +834,7 @@ impl Swarm {
         if found.is_none() && unstarted == 0 {
             let p = st.peers.get(&key)?;
             'outer: for (&index, ip) in st.in_progress.iter() {
-                if !p.has[index as usize] || refused(p, index) {
+                if !p.has[index as usize] || refused(p, index) || !ip.open_to(key) {
                     continue;
                 }
                 for b in 0..ip.blocks.len() {
@@ -890,7 +927,7 @@ impl Swarm {
         ip.buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
         ip.blocks[b] = Block::Received;
         ip.received += 1;
-        ip.contributors.insert(key);
+        ip.from[b] = key;
         let others: Vec<u64> = ip.requesters[b].drain(..).filter(|&k| k != key).collect();
         let done = ip.received as usize == ip.blocks.len();
         // End game: tell the other requesters of this block to stop.
@@ -920,9 +957,8 @@ impl Swarm {
         let expected = self.shared.info.piece_hashes[index as usize];
         let storage = self.shared.storage.clone();
         let offset = index as u64 * self.shared.info.piece_length as u64;
-        let InProgress {
-            buf, contributors, ..
-        } = ip;
+        let contributors = ip.contributors();
+        let InProgress { buf, .. } = ip;
         let res = tokio::task::spawn_blocking(move || {
             let digest: [u8; 20] = Sha1::digest(&buf).into();
             if digest != expected {
@@ -944,7 +980,7 @@ impl Swarm {
                     piece = index,
                     "piece failed its SHA-1 check; fetching it again"
                 );
-                self.punish(&mut st, &contributors);
+                self.punish(&mut st, index, &contributors);
             }
             Ok(Err(e)) => {
                 st.fatal = Some(format!("storage write failed: {e}"));
@@ -961,23 +997,47 @@ impl Swarm {
         self.shared.changed.notify_waiters();
     }
 
-    /// Peers that sent data for a piece that failed its hash: a sole contributor is banned at
-    /// once, each of several gets a strike and is banned at the second.
-    fn punish(&self, st: &mut State, contributors: &HashSet<u64>) {
-        let sole = contributors.len() == 1;
-        for &k in contributors {
-            let Some(p) = st.peers.get_mut(&k) else {
-                continue;
-            };
-            p.strikes += 1;
-            if sole || p.strikes >= 2 {
-                warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that sent corrupt data");
-                let ip = p.addr.ip();
-                let id = p.peer_id;
-                p.kill.notify_one();
-                st.banned.insert(ip);
-                st.banned_ids.insert(id);
-                Self::remove_peer(st, k);
+    /// Peers that sent data for a piece that failed its hash. A sole sender is banned. With
+    /// several senders nobody is blamed on a guess: if one of them is already banned, that
+    /// was the culprit; otherwise the piece is fetched again from a single peer, so that a
+    /// second failure names the culprit for sure.
+    fn punish(&self, st: &mut State, index: u32, contributors: &HashSet<u64>) {
+        if contributors.iter().any(|k| st.banned_keys.contains(k)) {
+            return;
+        }
+        if contributors.len() == 1 {
+            let k = *contributors.iter().next().expect("one");
+            self.ban(st, k);
+        } else {
+            debug!(
+                piece = index,
+                senders = contributors.len(),
+                "refetching from one peer"
+            );
+            st.single_source.insert(index);
+        }
+    }
+
+    /// Drops and bans a peer for the session, and forgets the blocks it sent for pieces not
+    /// yet complete (they would only fail their hash later).
+    fn ban(&self, st: &mut State, key: u64) {
+        let Some(p) = st.peers.get(&key) else {
+            return;
+        };
+        warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that sent corrupt data");
+        p.kill.notify_one();
+        st.banned.insert(p.addr.ip());
+        st.banned_ids.insert(p.peer_id);
+        st.banned_keys.insert(key);
+        Self::remove_peer(st, key);
+        for ip in st.in_progress.values_mut() {
+            for b in 0..ip.blocks.len() {
+                if ip.from[b] == key {
+                    ip.from[b] = NOBODY;
+                    ip.blocks[b] = Block::Missing;
+                    ip.received -= 1;
+                    ip.first_missing = ip.first_missing.min(b);
+                }
             }
         }
     }
@@ -991,6 +1051,7 @@ impl Swarm {
         st.have[i] = true;
         st.have_count += 1;
         st.in_progress.remove(&index);
+        st.single_source.remove(&index);
         let keys: Vec<u64> = st.peers.keys().copied().collect();
         for k in keys {
             let p = st.peers.get_mut(&k).expect("present");
