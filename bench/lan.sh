@@ -39,6 +39,7 @@ TMPBASE=/dev/shm
 TMO_FACTOR=10       # a receiver is killed (STUCK) after TMO_FACTOR x its ideal time
 UDP_BITRATE_PCT=95  # udp-sender --max-bitrate as % of RATE
 VERB=-v             # seeder/receiver log level (--debug-logs: -vv)
+LINK_STATS=0        # --link-stats: sample link counters every 0.5 s into links.txt
 
 usage() {
     sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
@@ -56,6 +57,8 @@ Options:
   --build            cargo build --release -p imager -p seeder -p receiver first
   --tmp DIR          temp base, tmpfs recommended (default $TMPBASE)
   --debug-logs       run seeder and receivers with -vv instead of -v
+  --link-stats       per run, links.txt: Mbit/s every 0.5 s on the seeder's uplink and
+                     receiver 1's downlink and uplink (where the time goes; use --keep-logs)
 EOF
 }
 
@@ -76,6 +79,7 @@ while [ $# -gt 0 ]; do
         --build) BUILD=1 ;;
         --tmp) TMPBASE=$2; shift ;;
         --debug-logs) VERB=-vv ;;
+        --link-stats) LINK_STATS=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "lan.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -134,6 +138,7 @@ cleanup() {
     trap - EXIT
     local p
     [ -n "$SAMPLER" ] && kill_tree "$SAMPLER"
+    [ -n "$LINKS" ] && kill_tree "$LINKS"
     for p in "${BG[@]}"; do kill_tree "$p"; done
     wait 2>/dev/null
     ip netns del "${P}sw" 2>/dev/null
@@ -261,6 +266,45 @@ setup_net() {   # receivers
     echo "lan.sh: LAN not reachable" >&2; return 1
 }
 
+net_snap() {    # "out_segs retrans_segs qdisc_drops" summed over every host and switch port
+    local i o=0 r=0 d=0 line x
+    for ((i = 0; i <= NHOSTS; i++)); do
+        line=$(ip netns exec "${P}h$i" awk '/^Tcp: [0-9]/ {print $12, $13}' /proc/net/snmp)
+        set -- $line; o=$((o + ${1:-0})); r=$((r + ${2:-0}))
+    done
+    for x in $( (for ((i = 0; i <= NHOSTS; i++)); do tc -s -n "${P}h$i" qdisc show dev eth0; tc -s -n "${P}sw" qdisc show dev "p$i"; done) |
+        grep -o 'dropped [0-9]*' | awk '{print $2}'); do
+        d=$((d + x))
+    done
+    echo "$o $r $d"
+}
+net_diff() {    # before after -> sets NET_RETX (% of segments resent) and NET_DROPS
+    set -- $1 $2
+    NET_DROPS=$(( $6 - $3 ))
+    NET_RETX=$(calc "'%.2f' % (100.0 * ($5 - $2) / max(1, $4 - $1))")
+}
+
+LINKS=""
+links_start() { # background sampler of htb class byte counters -> $RUN/links.txt
+    [ $LINK_STATS = 1 ] || return 0
+    (
+        local k t0 t s0 d1 u1 ps pd pu pt
+        sent() { tc -s -n "$1" class show dev "$2" | awk '/Sent/ {print $2; exit}'; }
+        echo "# t_s seeder_up_Mbit r1_down_Mbit r1_up_Mbit (htb classes; wire bytes incl. headers)"
+        t0=$(now); pt=$t0
+        ps=$(sent "${P}h0" eth0); pd=$(sent "${P}sw" p1); pu=$(sent "${P}h1" eth0)
+        for ((k = 0; k < 7200; k++)); do
+            sleep 0.5
+            t=$(now); s0=$(sent "${P}h0" eth0); d1=$(sent "${P}sw" p1); u1=$(sent "${P}h1" eth0)
+            python3 -c "import sys; t0,pt,t,a,b,c,d,e,f=map(float,sys.argv[1:]); dt=t-pt; print('%.1f %.1f %.1f %.1f' % (t-t0, (b-a)*8/dt/1e6, (d-c)*8/dt/1e6, (f-e)*8/dt/1e6))" \
+                "$t0" "$pt" "$t" "$ps" "$s0" "$pd" "$d1" "$pu" "$u1"
+            pt=$t ps=$s0 pd=$d1 pu=$u1
+        done
+    ) >"$RUN/links.txt" 2>/dev/null &
+    LINKS=$!
+}
+links_stop() { [ -n "$LINKS" ] && { kill_tree "$LINKS"; wait "$LINKS" 2>/dev/null; }; LINKS=""; return 0; }
+
 # ---------------------------------------------------------------------------- image
 make_image() {
     local d=$TMP/src-files remaining k sz overhead
@@ -384,6 +428,8 @@ run_swarm() {
         kill_tree $spid; return 1
     fi
 
+    local net0; net0=$(net_snap)
+    links_start
     cpu_start
     T0=$(now)
     for ((i = 1; i <= n; i++)); do
@@ -426,6 +472,9 @@ run_swarm() {
         wait $spid; seeder_rc=$?
     fi
     cpu_stop
+    links_stop
+    net_diff "$net0" "$(net_snap)"
+    echo "TCP segments resent ${NET_RETX}%, qdisc drops $NET_DROPS" >"$RUN/net.txt"
 
     COPIES=$(jq -r '.uploaded_copies // empty' "$RUN/seeder.json" 2>/dev/null | head -1)
     [ -n "$COPIES" ] && COPIES=$(printf '%.2f' "$COPIES") || COPIES="n/a"
@@ -526,12 +575,13 @@ say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), 
 say "image: ext4 $(calc "$DEVSIZE / 1048576") MiB, S = $S used bytes ($(calc "'%.1f' % ($S / 1e6)") MB), pieces $PIECE, ideal S/R = $IDEAL s"
 say "blockswarm: seeder --expect N, receivers --verify --no-resume, -v logs; 'done' = last receiver's 'complete' line, 'exit' = last receiver exited 0 (after the seeder says done)"
 say "ratio = exit / (S/R); per-receiver timeout = max(60, $TMO_FACTOR x S/R) s"
+say "retx% = TCP segments retransmitted / sent, all hosts (drops in the link queues)"
 say "cpu% = average busy of all cores (whole machine, /proc/stat), pk% = busiest second, own% = user+sys of the bench's own processes (kernel softirq work of the links not included)"
 say ""
 
 if [ $SKIP_MAIN = 0 ]; then
-    hdr=$(printf '%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %6s | %6s %5s %4s %4s %s' \
-        N S_bytes done_s exit_s ideal_s ratio r_done copies cpu% pk% own% verify udp_s udp_r cpu% own% udp_ok)
+    hdr=$(printf '%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %5s %6s | %6s %5s %4s %4s %s' \
+        N S_bytes done_s exit_s ideal_s ratio r_done copies cpu% pk% own% retx% verify udp_s udp_r cpu% own% udp_ok)
     say "$hdr"
     for n in $COUNTS; do
         run_swarm "$n" "swarm-n$n" none
@@ -542,9 +592,9 @@ if [ $SKIP_MAIN = 0 ]; then
             run_udpcast "$n" "udpcast-n$n"
             ut=$UDP_TIME; ur=$(ratio "$UDP_TIME"); uc=$CPU_AVG; uown=$CPU_OWN; uok="$UDP_GOOD/$n"
         fi
-        line=$(printf '%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %6s | %6s %5s %4s %4s %s' \
+        line=$(printf '%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %5s %6s | %6s %5s %4s %4s %s' \
             "$n" "$S" "$SW_DONE" "$SW_EXIT" "$IDEAL" "$(ratio "$SW_EXIT")" "$(ratio "$SW_DONE")" \
-            "$COPIES" "$sc" "$spk" "$sown" "$ver" "$ut" "$ur" "$uc" "$uown" "$uok")
+            "$COPIES" "$sc" "$spk" "$sown" "$NET_RETX" "$ver" "$ut" "$ur" "$uc" "$uown" "$uok")
         say "$line"
         [ -s "$LOGS/swarm-n$n/problems.txt" ] && say "    (problems in swarm-n$n: see logs/swarm-n$n/problems.txt)"
     done

@@ -29,12 +29,67 @@ use crate::SwarmError;
 /// How long a seeder keeps rejecting a peer's requests for a piece assigned to another peer,
 /// and how long a peer avoids asking again for a piece it was refused.
 pub const REJECT_WINDOW: Duration = Duration::from_secs(2);
+/// How long a seeder refuses a piece that another connected peer already has.
+pub const HELD_REJECT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Fewest blocks kept requested from a peer that has what we need.
+pub const MIN_PIPELINE_BLOCKS: usize = 4;
+/// Most bytes a serving peer reads from storage in one go (consecutive requests).
+const MAX_BATCH: u32 = 256 * 1024;
+/// Blocks requested from a peer before its rate is known.
+const INITIAL_PIPELINE_BLOCKS: usize = 16;
+
+/// Download rate from one peer: bytes per second, smoothed over windows of 200 ms or more.
+struct RateMeter {
+    window_start: Instant,
+    window_bytes: u64,
+    rate: Option<f64>,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            window_bytes: 0,
+            rate: None,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.window_bytes += n;
+        let dt = self.window_start.elapsed().as_secs_f64();
+        if dt >= 0.2 {
+            let sample = self.window_bytes as f64 / dt;
+            self.rate = Some(match self.rate {
+                Some(r) if dt < 2.0 => 0.5 * r + 0.5 * sample,
+                // First sample, or the link sat idle: start afresh.
+                _ => sample,
+            });
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+    }
+
+    /// Blocks to keep in flight for a queue of `queue_time`.
+    fn pipeline(&self, queue_time: Duration, max: usize) -> usize {
+        let want = match self.rate {
+            None => INITIAL_PIPELINE_BLOCKS,
+            Some(r) => (r * queue_time.as_secs_f64() / BLOCK_SIZE as f64).ceil() as usize,
+        };
+        want.clamp(MIN_PIPELINE_BLOCKS, max.max(MIN_PIPELINE_BLOCKS))
+    }
+}
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct SwarmOptions {
-    /// Blocks (16 KiB) requested from one peer and not yet received.
+    /// Blocks (16 KiB) requested from one peer and not yet received, at most.
     pub pipeline_blocks: usize,
+    /// Requests to one peer are kept to about this much of its measured rate (but at least
+    /// [`MIN_PIPELINE_BLOCKS`], at most `pipeline_blocks`): enough to keep the link busy,
+    /// not so much that a piece waits long in a busy seeder's queue, which would make the
+    /// seeder send it to someone else too.
+    pub request_queue_time: Duration,
     /// Pieces being assembled in memory at once (bounds RAM: this x piece length).
     pub max_pieces_in_progress: usize,
     /// Connections at most.
@@ -47,8 +102,10 @@ pub struct SwarmOptions {
     pub request_timeout: Duration,
     /// Seeder behaviour, so that it uploads close to one copy in total: each piece is
     /// assigned to the first peer that asks for it; another Fast-extension peer asking for
-    /// the same piece is rejected for [`REJECT_WINDOW`] (it picks another piece and gets this
-    /// one from the swarm), after which it is served.
+    /// the same piece is rejected (it picks another piece and gets this one from the swarm)
+    /// for [`REJECT_WINDOW`] while the piece is on its way, for [`HELD_REJECT_WINDOW`] once a
+    /// peer has it; a peer still asking after that is served. Our receivers recognise such
+    /// a rationing seed by its rejects and ask it only for pieces no other peer has.
     pub prefer_unsent: bool,
 }
 
@@ -56,6 +113,7 @@ impl Default for SwarmOptions {
     fn default() -> Self {
         Self {
             pipeline_blocks: 64,
+            request_queue_time: Duration::from_millis(500),
             max_pieces_in_progress: 16,
             max_peers: 128,
             upload_limit: None,
@@ -150,8 +208,12 @@ struct PeerState {
     inflight: HashMap<(u32, u32), Instant>,
     /// Pieces this peer refused us (Fast REJECT), and when.
     rejected: HashMap<u32, Instant>,
+    /// A seed that refuses pieces others can pass on: a blockswarm seeder. It is asked
+    /// only for pieces no other peer has (outside the end game).
+    rationing: bool,
     uploaded_to: Arc<AtomicU64>,
     downloaded_from: u64,
+    rate: RateMeter,
     outgoing: bool,
 }
 
@@ -189,11 +251,16 @@ struct State {
     connecting: HashSet<SocketAddr>,
     /// Seeder policy: the peer each piece was first served to.
     assigned: Vec<Option<u64>>,
-    /// Seeder policy: when we started refusing (peer, piece).
-    refusing: HashMap<(u64, u32), Instant>,
+
+    /// Seeder policy: since when we have been refusing (peer, piece), and when it last asked.
+    refusing: HashMap<(u64, u32), (Instant, Instant)>,
     downloaded: u64,
     hash_failures: u64,
     fatal: Option<String>,
+    /// Requests refused (Fast REJECT) so far.
+    rejects_sent: u64,
+    /// Debug tick: figures at the previous tick.
+    last_tick: (u64, u64),
 }
 
 pub(crate) struct Shared {
@@ -300,7 +367,10 @@ impl Swarm {
                 known: HashMap::new(),
                 connecting: HashSet::new(),
                 assigned: vec![None; n],
+
                 refusing: HashMap::new(),
+                rejects_sent: 0,
+                last_tick: (0, 0),
                 downloaded: 0,
                 hash_failures: 0,
                 fatal: None,
@@ -534,8 +604,10 @@ impl Swarm {
                 fast,
                 inflight: HashMap::new(),
                 rejected: HashMap::new(),
+                rationing: false,
                 uploaded_to,
                 downloaded_from: 0,
+                rate: RateMeter::new(),
                 outgoing,
             },
         );
@@ -675,6 +747,7 @@ impl Swarm {
                         let _ = p.tx.send(Out::Serve(r));
                     } else if p.fast {
                         let _ = p.tx.send(Out::Msg(Msg::Reject(r)));
+                        st.rejects_sent += 1;
                     }
                 }
             }
@@ -687,7 +760,15 @@ impl Swarm {
                 if let Some(p) = st.peers.get_mut(&key) {
                     if p.inflight.remove(&(r.index, r.begin)).is_some() {
                         p.rejected.insert(r.index, Instant::now());
+                        p.rationing |= p.has_count == n;
                         Self::release_block(st, key, r.index, r.begin);
+                        // A refused piece nothing arrived for yet must not hold a slot of
+                        // `max_pieces_in_progress` while we wait to ask someone else.
+                        if st.in_progress.get(&r.index).is_some_and(|ip| {
+                            ip.received == 0 && ip.blocks.iter().all(|b| *b == Block::Missing)
+                        }) {
+                            st.in_progress.remove(&r.index);
+                        }
                     }
                 }
                 self.fill_requests(st, key);
@@ -698,18 +779,41 @@ impl Swarm {
     }
 
     /// Seeder policy: should `key`'s request for `index` be refused because the piece went
-    /// to another connected peer, which can pass it on?
+    /// to another connected peer, which can pass it on? Refused for [`REJECT_WINDOW`] while
+    /// the piece is on its way to that peer, for [`HELD_REJECT_WINDOW`] once some peer has
+    /// it; after that the asker is served (the holder may not be sharing).
     fn refuse(st: &mut State, key: u64, index: u32) -> bool {
         let i = index as usize;
         match st.assigned[i] {
-            None => {
+            Some(k) if k == key => false,
+            Some(k) if st.peers.contains_key(&k) || st.availability[i] > 0 => {
+                let now = Instant::now();
+                let e = st.refusing.entry((key, index)).or_insert((now, now));
+                // A peer that stopped asking for a while and asks again starts a new streak.
+                if now.duration_since(e.1) > 2 * REJECT_WINDOW {
+                    e.0 = now;
+                }
+                e.1 = now;
+                let since = e.0;
+                let window = if st.availability[i] > 0 {
+                    HELD_REJECT_WINDOW
+                } else {
+                    REJECT_WINDOW
+                };
+                let refuse = since.elapsed() < window;
+                if !refuse {
+                    debug!(
+                        piece = index,
+                        assignee_has = st.peers.get(&k).is_some_and(|p| p.has[i]),
+                        "serving a piece a second time: asked for it too long"
+                    );
+                }
+                refuse
+            }
+            // Not yet sent, or its peer left without passing it on.
+            _ => {
                 st.assigned[i] = Some(key);
                 false
-            }
-            Some(k) if k == key || !st.peers.contains_key(&k) => false,
-            Some(_) => {
-                let since = *st.refusing.entry((key, index)).or_insert_with(Instant::now);
-                since.elapsed() < REJECT_WINDOW
             }
         }
     }
@@ -752,7 +856,7 @@ impl Swarm {
 
     /// Chooses a new piece for `key` to start: rarest first, ties broken by distance from
     /// this node's random start point.
-    fn pick_new_piece(&self, st: &State, key: u64) -> Option<u32> {
+    fn pick_new_piece(&self, st: &State, key: u64, spare: Option<u32>) -> Option<u32> {
         let p = st.peers.get(&key)?;
         let n = st.have.len() as u32;
         let mut best: Option<(u32, u32)> = None;
@@ -764,6 +868,7 @@ impl Swarm {
                 || st.in_progress.contains_key(&i)
                 || st.verifying.contains(&i)
                 || refused(p, i)
+                || spare.is_some_and(|seeds| st.availability[iu] > seeds)
             {
                 continue;
             }
@@ -797,13 +902,23 @@ impl Swarm {
         }
     }
 
-    /// Next block for `key` to request, marking it requested.
-    fn pick_block(&self, st: &mut State, key: u64) -> Option<(u32, u32, u32)> {
+    /// Next block for `key` to request, marking it requested. `seeds`: connected peers
+    /// that have every piece.
+    ///
+    /// Outside the end game a rationing seed (the seeder) is not asked for a piece that a
+    /// peer which is not a seed also has: that piece can come from the swarm, and the seeder
+    /// would only refuse it (its link is for pieces nobody else has yet). Receivers that
+    /// completed are asked for anything: at the end they carry the swarm.
+    fn pick_block(&self, st: &mut State, key: u64, seeds: u32) -> Option<(u32, u32, u32)> {
         let p = st.peers.get(&key)?;
+        let unstarted =
+            st.have.len() - st.have_count as usize - st.in_progress.len() - st.verifying.len();
+        let spare = (p.rationing && unstarted > 0).then_some(seeds);
+        let spared = |i: u32| spare.is_some_and(|seeds| st.availability[i as usize] > seeds);
         // 1. Finish pieces already in progress.
         let mut found = None;
         for (&index, ip) in st.in_progress.iter() {
-            if !p.has[index as usize] || refused(p, index) || !ip.open_to(key) {
+            if !p.has[index as usize] || refused(p, index) || !ip.open_to(key) || spared(index) {
                 continue;
             }
             if let Some(b) =
@@ -815,7 +930,7 @@ impl Swarm {
         }
         // 2. Start a new piece.
         if found.is_none() && st.in_progress.len() < self.shared.opts.max_pieces_in_progress {
-            if let Some(index) = self.pick_new_piece(st, key) {
+            if let Some(index) = self.pick_new_piece(st, key, spare) {
                 if st.availability[index as usize] <= 1 {
                     st.cursor = (index + 1) % st.have.len() as u32;
                 }
@@ -869,13 +984,20 @@ impl Swarm {
     }
 
     fn fill_requests(&self, st: &mut State, key: u64) {
+        let n = st.have.len() as u32;
+        let seeds = st.peers.values().filter(|p| p.has_count == n).count() as u32;
         loop {
             let Some(p) = st.peers.get(&key) else { return };
-            if p.choked_us || p.useful == 0 || p.inflight.len() >= self.shared.opts.pipeline_blocks
+            let opts = &self.shared.opts;
+            if p.choked_us
+                || p.useful == 0
+                || p.inflight.len()
+                    >= p.rate
+                        .pipeline(opts.request_queue_time, opts.pipeline_blocks)
             {
                 return;
             }
-            let Some((index, begin, length)) = self.pick_block(st, key) else {
+            let Some((index, begin, length)) = self.pick_block(st, key, seeds) else {
                 return;
             };
             let p = st.peers.get_mut(&key).expect("present");
@@ -912,6 +1034,7 @@ impl Swarm {
         if let Some(p) = st.peers.get_mut(&key) {
             p.inflight.remove(&(index, begin));
             p.downloaded_from += data.len() as u64;
+            p.rate.add(data.len() as u64);
         }
         st.downloaded += data.len() as u64;
         let b = (begin / BLOCK_SIZE) as usize;
@@ -1118,41 +1241,53 @@ impl Swarm {
                     Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
                 }
             }
-            if let Some(r) = queue.pop_front() {
-                self.throttle(r.length as u64).await;
+            if let Some(first) = queue.pop_front() {
+                // Consecutive requests for the same piece are read with one pread.
+                let mut batch = vec![first];
+                let mut end = first.begin + first.length;
+                while let Some(q) = queue.front() {
+                    if q.index != first.index || q.begin != end || end - first.begin >= MAX_BATCH {
+                        break;
+                    }
+                    end += q.length;
+                    batch.push(queue.pop_front().expect("front"));
+                }
                 let storage = self.shared.storage.clone();
-                let offset = r.index as u64 * self.shared.info.piece_length as u64 + r.begin as u64;
+                let offset =
+                    first.index as u64 * self.shared.info.piece_length as u64 + first.begin as u64;
+                let len = (end - first.begin) as usize;
                 let read = tokio::task::spawn_blocking(move || {
-                    let mut data = vec![0u8; r.length as usize];
+                    let mut data = vec![0u8; len];
                     storage.read_at(offset, &mut data).map(|_| data)
                 })
                 .await;
                 let data = match read {
                     Ok(Ok(d)) => d,
                     Ok(Err(e)) => {
-                        warn!("cannot serve block {}+{}: {e}", r.index, r.begin);
+                        warn!("cannot serve block {}+{}: {e}", first.index, first.begin);
                         let mut st = self.lock();
                         st.fatal.get_or_insert(format!("storage read failed: {e}"));
                         break;
                     }
                     Err(_) => break,
                 };
-                buf.clear();
-                wire::encode(
-                    &Msg::Piece {
-                        index: r.index,
-                        begin: r.begin,
-                        data,
-                    },
-                    &mut buf,
-                );
-                if wr.write_all(&buf).await.is_err() {
-                    break;
+                for r in batch {
+                    self.throttle(r.length as u64).await;
+                    let at = (r.begin - first.begin) as usize;
+                    let header = wire::piece_header(r.index, r.begin, r.length);
+                    if wr.write_all(&header).await.is_err()
+                        || wr
+                            .write_all(&data[at..at + r.length as usize])
+                            .await
+                            .is_err()
+                    {
+                        break 'outer;
+                    }
+                    uploaded_to.fetch_add(r.length as u64, Ordering::Relaxed);
+                    self.shared
+                        .uploaded
+                        .fetch_add(r.length as u64, Ordering::Relaxed);
                 }
-                uploaded_to.fetch_add(r.length as u64, Ordering::Relaxed);
-                self.shared
-                    .uploaded
-                    .fetch_add(r.length as u64, Ordering::Relaxed);
                 continue;
             }
             if wr.flush().await.is_err() {
@@ -1206,6 +1341,38 @@ impl Swarm {
         }
     }
 
+    /// Twice a second at debug level: what the seeder sent, or where a receiver stands
+    /// (how the bench's profiles were read).
+    fn debug_tick(&self, st: &mut State) {
+        if st.have_count == st.have.len() as u32 {
+            let up = self.shared.uploaded.load(Ordering::Relaxed);
+            let (up0, rej0) = st.last_tick;
+            debug!(
+                uploaded_kib = (up - up0) / 1024,
+                rejects = st.rejects_sent - rej0,
+                peers = st.peers.len(),
+                "tick: serving"
+            );
+            st.last_tick = (up, st.rejects_sent);
+            return;
+        }
+        let useful: Vec<&PeerState> = st.peers.values().filter(|p| p.useful > 0).collect();
+        debug!(
+            have = st.have_count,
+            in_progress = st.in_progress.len(),
+            verifying = st.verifying.len(),
+            inflight = useful.iter().map(|p| p.inflight.len()).sum::<usize>(),
+            useful_peers = useful.len(),
+            idle_useful = useful.iter().filter(|p| p.inflight.is_empty()).count(),
+            choked = useful.iter().filter(|p| p.choked_us).count(),
+            pipes_blocks_kibps = ?useful
+                .iter()
+                .map(|p| (p.inflight.len(), p.rate.rate.unwrap_or(0.0) as u64 / 1024))
+                .collect::<Vec<_>>(),
+            "tick: fetching"
+        );
+    }
+
     async fn tick_loop(self) {
         let mut iv = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -1214,6 +1381,9 @@ impl Swarm {
             {
                 let mut st = self.lock();
                 let now = Instant::now();
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    self.debug_tick(&mut st);
+                }
                 let keys: Vec<u64> = st.peers.keys().copied().collect();
                 for k in &keys {
                     let p = st.peers.get_mut(k).expect("present");
@@ -1314,5 +1484,48 @@ impl Swarm {
         for p in st.peers.values() {
             p.kill.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_follows_the_measured_rate_within_bounds() {
+        let q = Duration::from_millis(500);
+        let mut m = RateMeter::new();
+        assert_eq!(m.pipeline(q, 64), INITIAL_PIPELINE_BLOCKS);
+        // 1 MiB/s for half a second: 512 KiB queued = 32 blocks.
+        m.rate = Some(1024.0 * 1024.0);
+        assert_eq!(m.pipeline(q, 64), 32);
+        assert_eq!(m.pipeline(q, 16), 16, "capped by pipeline_blocks");
+        m.rate = Some(1000.0);
+        assert_eq!(
+            m.pipeline(q, 64),
+            MIN_PIPELINE_BLOCKS,
+            "never below the floor"
+        );
+        m.rate = Some(1e12);
+        assert_eq!(m.pipeline(q, 64), 64);
+    }
+
+    #[test]
+    fn rate_meter_measures_bytes_per_second() {
+        let mut m = RateMeter::new();
+        m.window_start = Instant::now() - Duration::from_millis(500);
+        m.add(500_000);
+        let r = m.rate.expect("a sample after 200 ms");
+        assert!((900_000.0..=1_010_000.0).contains(&r), "{r}");
+        // The next window is averaged with the last.
+        m.window_start = Instant::now() - Duration::from_millis(500);
+        m.add(1_500_000);
+        let r2 = m.rate.unwrap();
+        assert!((1_800_000.0..=2_020_000.0).contains(&r2), "{r2}");
+        // After an idle gap the old rate is dropped, not averaged in.
+        m.window_start = Instant::now() - Duration::from_secs(4);
+        m.add(400_000);
+        let r3 = m.rate.unwrap();
+        assert!(r3 < 110_000.0, "{r3}");
     }
 }
