@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p blockswarm-e2e --bench scale`
 //! Environment: SCALE_USED_MIB (default 2048), SCALE_MANY_RUNS (default 500000),
-//! SCALE_FEW_RUNS (default 1000), SCALE_DIR (default /var/tmp; /dev/shm takes the disk out).
+//! SCALE_FEW_RUNS (default 1000), SCALE_DIR (default /var/tmp; /dev/shm takes the disk out),
+//! SCALE_LOG=1 (print each receiver's -v log).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +58,7 @@ fn manifest_for(dev: &Path, map: ExtentMap, name: &str) -> Manifest {
         piece_hashes: hashes,
         fs_type: "dd".into(),
         block_size: 4096,
-        map,
+        map: map.into(),
         announce: None,
         source: Some(dev.to_string_lossy().into_owned()),
         created_by: Some("blockswarm scale bench".into()),
@@ -123,7 +124,11 @@ fn deploy(dir: &Path, m: &Manifest, tag: &str) -> (f64, u64) {
                 "--no-resume",
                 "--seed-after",
                 "0",
-                "-q",
+                if std::env::var_os("SCALE_LOG").is_some() {
+                    "-v"
+                } else {
+                    "-q"
+                },
             ]),
         dir,
     );
@@ -149,6 +154,9 @@ fn deploy(dir: &Path, m: &Manifest, tag: &str) -> (f64, u64) {
         "{tag}: receiver failed:\n{}",
         r.stderr_text()
     );
+    if std::env::var_os("SCALE_LOG").is_some() {
+        eprintln!("--- {tag} receiver log:\n{}", r.stderr_text());
+    }
     seeder.kill();
     let _ = std::fs::remove_file(&target);
     (secs, peak)
@@ -161,7 +169,7 @@ fn main() {
     let dev_size = used * 2 + (64 << 20);
     let dir = tempfile::Builder::new()
         .prefix("bsw-scale")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(std::env::var("SCALE_DIR").unwrap_or_else(|_| "/var/tmp".into()))
         .unwrap();
     let dev = dir.path().join("device.img");
     eprintln!("writing a {} MiB random device ...", dev_size >> 20);
@@ -183,7 +191,10 @@ fn main() {
             rss,
         ));
     }
-    println!("\nscale benchmark: one seeder -> one receiver over loopback, 4 MiB pieces");
+    println!(
+        "\nscale benchmark: one seeder -> one receiver over loopback, 4 MiB pieces, files in {}",
+        dir.path().display()
+    );
     println!(
         "{:<6} {:>9} {:>12} {:>14} {:>8} {:>9} {:>14}",
         "map", "runs", "used bytes", "manifest bytes", "seconds", "MiB/s", "receiver RSS"

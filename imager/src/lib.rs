@@ -227,7 +227,7 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
         piece_hashes,
         fs_type: used.fs_type.clone(),
         block_size: used.block_size,
-        map: used.map.clone(),
+        map: used.map.clone().into(),
         announce: cli.tracker.clone(),
         source: Some(canonical_source.to_string_lossy().into_owned()),
         created_by: Some(concat!("blockswarm imager ", env!("CARGO_PKG_VERSION")).into()),

@@ -104,7 +104,7 @@ pub struct Manifest {
     /// Filesystem block size in bytes (the granularity of the extent map).
     pub block_size: u64,
     /// The used runs; `map.device_size()` is the source device size.
-    pub map: ExtentMap,
+    pub map: std::sync::Arc<ExtentMap>,
     /// Tracker URL (outside the info dict).
     pub announce: Option<String>,
     /// Path of the source device on the imaging machine (outside the info dict; a hint for
@@ -354,7 +354,7 @@ impl Manifest {
             piece_hashes,
             fs_type: utf8("fs", ext.fs.0)?,
             block_size: ext.block_size,
-            map,
+            map: map.into(),
             announce: t.announce.map(|b| utf8("announce", b.0)).transpose()?,
             source: t
                 .source
@@ -388,7 +388,7 @@ mod tests {
             piece_hashes: (0..n).map(|i| [i as u8; 20]).collect(),
             fs_type: "ext4".into(),
             block_size: 4096,
-            map,
+            map: map.into(),
             announce: Some("http://127.0.0.1:6880/announce".into()),
             source: Some("/dev/sda1".into()),
             created_by: Some("blockswarm test".into()),

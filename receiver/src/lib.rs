@@ -323,6 +323,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     let (bytes, source_may_be_local) = fetch_manifest(&s, bind_ip).await?;
     let decoded = Manifest::decode(&bytes)
         .map_err(|e| ReceiverError::BadManifest(format!("invalid manifest: {e}")))?;
+    drop(bytes); // a fragmented map makes it megabytes; the decoded form is all we need
     let m = Arc::new(decoded.manifest);
     let info_hash = decoded.info_hash;
     let announce_url = s.tracker.clone().or_else(|| m.announce.clone());
@@ -332,11 +333,8 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         ));
     }
     let file = open_target(&s, &m, source_may_be_local)?;
-    let storage: Arc<dyn Storage> = Arc::new(DeviceStorage::new(
-        file,
-        s.target.clone(),
-        Arc::new(m.map.clone()),
-    ));
+    let storage: Arc<dyn Storage> =
+        Arc::new(DeviceStorage::new(file, s.target.clone(), m.map.clone()));
 
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await

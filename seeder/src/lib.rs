@@ -223,10 +223,7 @@ fn open_storage(cli: &Cli, m: &Manifest) -> Result<(Arc<dyn Storage>, String), S
         warn!("could not lock {} shared: {e}", path.display());
     }
     let desc = format!("source {}", path.display());
-    Ok((
-        Arc::new(DeviceStorage::new(f, path, Arc::new(m.map.clone()))),
-        desc,
-    ))
+    Ok((Arc::new(DeviceStorage::new(f, path, m.map.clone())), desc))
 }
 
 /// The address receivers use for us.

@@ -90,7 +90,8 @@ pub struct SwarmOptions {
     /// not so much that a piece waits long in a busy seeder's queue, which would make the
     /// seeder send it to someone else too.
     pub request_queue_time: Duration,
-    /// Pieces being assembled in memory at once (bounds RAM: this x piece length).
+    /// Pieces in memory at once, being assembled or waiting to be hashed and written
+    /// (bounds RAM: this x piece length).
     pub max_pieces_in_progress: usize,
     /// Connections at most.
     pub max_peers: usize,
@@ -929,7 +930,11 @@ impl Swarm {
             }
         }
         // 2. Start a new piece.
-        if found.is_none() && st.in_progress.len() < self.shared.opts.max_pieces_in_progress {
+        // Pieces waiting to be hashed and written count too: with a disk slower than the
+        // network they would pile up in memory otherwise.
+        if found.is_none()
+            && st.in_progress.len() + st.verifying.len() < self.shared.opts.max_pieces_in_progress
+        {
             if let Some(index) = self.pick_new_piece(st, key, spare) {
                 if st.availability[index as usize] <= 1 {
                     st.cursor = (index + 1) % st.have.len() as u32;
