@@ -32,11 +32,6 @@ pub enum Lie {
     },
 }
 
-/// Starts a `Lie::Random` peer on `addr` in a background thread; returns its counters.
-pub fn start(addr: SocketAddr, info_hash: [u8; 20], num_pieces: u32) -> Arc<EvilStats> {
-    start_with(addr, info_hash, num_pieces, Lie::Random)
-}
-
 /// Starts a lying peer on `addr` in a background thread; returns its counters.
 pub fn start_with(
     addr: SocketAddr,
