@@ -297,6 +297,12 @@ fn refused(p: &PeerState, i: u32) -> bool {
         .is_some_and(|t| t.elapsed() < REJECT_WINDOW)
 }
 
+/// With `spare = Some(seeds)` (asking a rationing seed), is piece `i` held by some peer
+/// that is not a seed, so that the seed should not be asked for it?
+fn spared(st: &State, spare: Option<u32>, i: u32) -> bool {
+    spare.is_some_and(|seeds| st.availability[i as usize] > seeds)
+}
+
 fn client_name(peer_id: &[u8; 20]) -> String {
     // Azureus-style ids: -XX1234-
     if peer_id[0] == b'-' && peer_id[7] == b'-' {
@@ -869,7 +875,7 @@ impl Swarm {
                 || st.in_progress.contains_key(&i)
                 || st.verifying.contains(&i)
                 || refused(p, i)
-                || spare.is_some_and(|seeds| st.availability[iu] > seeds)
+                || spared(st, spare, i)
             {
                 continue;
             }
@@ -915,11 +921,14 @@ impl Swarm {
         let unstarted =
             st.have.len() - st.have_count as usize - st.in_progress.len() - st.verifying.len();
         let spare = (p.rationing && unstarted > 0).then_some(seeds);
-        let spared = |i: u32| spare.is_some_and(|seeds| st.availability[i as usize] > seeds);
         // 1. Finish pieces already in progress.
         let mut found = None;
         for (&index, ip) in st.in_progress.iter() {
-            if !p.has[index as usize] || refused(p, index) || !ip.open_to(key) || spared(index) {
+            if !p.has[index as usize]
+                || refused(p, index)
+                || !ip.open_to(key)
+                || spared(st, spare, index)
+            {
                 continue;
             }
             if let Some(b) =
@@ -989,8 +998,12 @@ impl Swarm {
     }
 
     fn fill_requests(&self, st: &mut State, key: u64) {
+        // Only a rationing seed's requests need the number of seeds (see `pick_block`).
         let n = st.have.len() as u32;
-        let seeds = st.peers.values().filter(|p| p.has_count == n).count() as u32;
+        let seeds = match st.peers.get(&key) {
+            Some(p) if p.rationing => st.peers.values().filter(|p| p.has_count == n).count() as u32,
+            _ => 0,
+        };
         loop {
             let Some(p) = st.peers.get(&key) else { return };
             let opts = &self.shared.opts;
