@@ -32,6 +32,14 @@ pub const REJECT_WINDOW: Duration = Duration::from_secs(2);
 /// How long a seeder refuses a piece that another connected peer already has.
 pub const HELD_REJECT_WINDOW: Duration = Duration::from_secs(10);
 
+/// A block asked for this long ago and not received is also asked from another peer that
+/// has its piece (a stalled TCP flow, e.g. one waiting out a retransmission timeout, must not
+/// hold up a piece the whole swarm is waiting for).
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// Suggestions kept per peer.
+const MAX_SUGGESTED: usize = 64;
+
 /// Fewest blocks kept requested from a peer that has what we need.
 pub const MIN_PIPELINE_BLOCKS: usize = 4;
 /// Most bytes a serving peer reads from storage in one go (consecutive requests).
@@ -211,11 +219,22 @@ struct PeerState {
     rejected: HashMap<u32, Instant>,
     /// A seed that refuses pieces others can pass on: a blockswarm seeder. It is asked
     /// only for pieces no other peer has (outside the end game).
-    rationing: bool,
+    rationing: Option<Instant>,
+    /// Pieces this peer suggested (a rationing seed names pieces nobody has yet).
+    suggested: VecDeque<u32>,
     uploaded_to: Arc<AtomicU64>,
     downloaded_from: u64,
     rate: RateMeter,
     outgoing: bool,
+}
+
+impl PeerState {
+    /// A seed that refused us something lately: it has pieces nobody else has to send
+    /// first. One that stopped refusing (its copy is out, its link is free) is asked for
+    /// anything again.
+    fn is_rationing(&self) -> bool {
+        self.rationing.is_some_and(|t| t.elapsed() < REJECT_WINDOW)
+    }
 }
 
 enum Out {
@@ -247,11 +266,20 @@ struct State {
     banned_keys: HashSet<u64>,
     /// Pieces that failed their hash with several senders: next time from one peer only.
     single_source: HashSet<u32>,
+    /// Blocks requested more than [`STALL_AFTER`] ago and still not here (found twice a
+    /// second): another peer that has the piece may be asked for them too.
+    stalled: Vec<(u32, u32)>,
     /// Known listen addresses of peers (from the tracker) and when we last dialed them.
     known: HashMap<SocketAddr, Known>,
     connecting: HashSet<SocketAddr>,
     /// Seeder policy: the peer each piece was first served to.
     assigned: Vec<Option<u64>>,
+    /// Seeder policy: pieces not assigned to any connected peer.
+    unassigned: u32,
+    /// Pieces at least one connected peer has.
+    held: u32,
+    /// Seeder policy: where the search for a piece to suggest starts.
+    suggest_cursor: usize,
 
     /// Seeder policy: since when we have been refusing (peer, piece), and when it last asked.
     refusing: HashMap<(u64, u32), (Instant, Instant)>,
@@ -275,6 +303,8 @@ pub(crate) struct Shared {
     uploaded: AtomicU64,
     bucket: Option<Mutex<Bucket>>,
     listen_addr: SocketAddr,
+    /// Bytes requested from us and not yet written to a socket, all peers together.
+    queued: AtomicU64,
 }
 
 struct Bucket {
@@ -282,6 +312,43 @@ struct Bucket {
     rate: f64,
     burst: f64,
     last: Instant,
+}
+
+/// One connection's requests waiting to be served. Their bytes count in
+/// `Shared::queued` until written, cancelled, or the writer ends (even by abort).
+struct ServeQueue {
+    reqs: VecDeque<Req>,
+    /// Bytes of this queue's requests not yet written (including a batch being written).
+    bytes: u64,
+    shared: Arc<Shared>,
+}
+
+impl ServeQueue {
+    fn push(&mut self, r: Req) {
+        self.bytes += r.length as u64;
+        self.shared
+            .queued
+            .fetch_add(r.length as u64, Ordering::Relaxed);
+        self.reqs.push_back(r);
+    }
+
+    fn cancel(&mut self, r: Req) {
+        let before = self.reqs.len();
+        self.reqs.retain(|q| *q != r);
+        self.written((before - self.reqs.len()) as u64 * r.length as u64);
+    }
+
+    /// `n` bytes left the queue (written or cancelled).
+    fn written(&mut self, n: u64) {
+        self.bytes -= n;
+        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ServeQueue {
+    fn drop(&mut self) {
+        self.shared.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A running swarm node (seeder or receiver).
@@ -371,9 +438,13 @@ impl Swarm {
                 banned_ids: HashSet::new(),
                 banned_keys: HashSet::new(),
                 single_source: HashSet::new(),
+                stalled: Vec::new(),
                 known: HashMap::new(),
                 connecting: HashSet::new(),
                 assigned: vec![None; n],
+                unassigned: n as u32,
+                held: 0,
+                suggest_cursor: rand::thread_rng().gen_range(0..n.max(1)),
 
                 refusing: HashMap::new(),
                 rejects_sent: 0,
@@ -384,6 +455,7 @@ impl Swarm {
             }),
             changed: Notify::new(),
             uploaded: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             bucket,
             listen_addr,
             opts,
@@ -611,7 +683,8 @@ impl Swarm {
                 fast,
                 inflight: HashMap::new(),
                 rejected: HashMap::new(),
-                rationing: false,
+                rationing: None,
+                suggested: VecDeque::new(),
                 uploaded_to,
                 downloaded_from: 0,
                 rate: RateMeter::new(),
@@ -640,6 +713,9 @@ impl Swarm {
         for (i, &h) in p.has.iter().enumerate() {
             if h {
                 st.availability[i] -= 1;
+                if st.availability[i] == 0 {
+                    st.held -= 1;
+                }
             }
         }
         for &(index, begin) in p.inflight.keys() {
@@ -650,6 +726,7 @@ impl Swarm {
         for a in st.assigned.iter_mut() {
             if *a == Some(key) {
                 *a = None;
+                st.unassigned += 1;
             }
         }
         st.refusing.retain(|(k, _), _| *k != key);
@@ -689,7 +766,18 @@ impl Swarm {
         let mut st = self.lock();
         let st = &mut *st;
         match msg {
-            Msg::KeepAlive | Msg::NotInterested | Msg::Suggest(_) | Msg::AllowedFast(_) => {}
+            Msg::KeepAlive | Msg::NotInterested | Msg::AllowedFast(_) => {}
+            Msg::Suggest(i) => {
+                // A blockswarm seeder that refused a request names a piece it has not sent
+                // to anyone yet: asked for next, it will not be refused.
+                let we_need = i < n && !st.have[i as usize];
+                if let Some(p) = st.peers.get_mut(&key) {
+                    if we_need && p.has[i as usize] && p.suggested.len() < MAX_SUGGESTED {
+                        p.suggested.push_back(i);
+                    }
+                }
+                self.fill_requests(st, key);
+            }
             Msg::Other(id) => debug!(id, "ignoring unknown message"),
             Msg::Bitfield(b) => {
                 let bits = wire::bitfield_to(&b, n as usize)?;
@@ -710,6 +798,9 @@ impl Swarm {
                             p.useful += 1;
                         }
                         st.availability[i as usize] += 1;
+                        if st.availability[i as usize] == 1 {
+                            st.held += 1;
+                        }
                     }
                 }
                 self.update_interest(st, key);
@@ -747,14 +838,31 @@ impl Swarm {
                                 .expect("checked"),
                         ) as u64;
                 let fast = st.peers.get(&key).is_some_and(|p| p.fast);
-                let refuse =
-                    ok && fast && self.shared.opts.prefer_unsent && Self::refuse(st, key, r.index);
+                // Once some peer holds every piece and our upload queue has run dry, a second
+                // copy costs nothing: the link would be idle otherwise.
+                let idle = st.held == n
+                    && self.shared.queued.load(Ordering::Relaxed)
+                        < self.shared.info.piece_length as u64;
+                let refuse = ok
+                    && fast
+                    && self.shared.opts.prefer_unsent
+                    && Self::refuse(st, key, r.index, idle);
+                // With a refusal of a piece's first block, suggest a piece nobody has been
+                // sent yet (reserved for this peer), so the next request is not refused too.
+                let suggest = if refuse && r.begin == 0 {
+                    Self::next_unassigned(st, key)
+                } else {
+                    None
+                };
                 if let Some(p) = st.peers.get(&key) {
                     if ok && !refuse {
                         let _ = p.tx.send(Out::Serve(r));
                     } else if p.fast {
                         let _ = p.tx.send(Out::Msg(Msg::Reject(r)));
                         st.rejects_sent += 1;
+                        if let Some(j) = suggest {
+                            let _ = p.tx.send(Out::Msg(Msg::Suggest(j)));
+                        }
                     }
                 }
             }
@@ -767,7 +875,9 @@ impl Swarm {
                 if let Some(p) = st.peers.get_mut(&key) {
                     if p.inflight.remove(&(r.index, r.begin)).is_some() {
                         p.rejected.insert(r.index, Instant::now());
-                        p.rationing |= p.has_count == n;
+                        if p.has_count == n {
+                            p.rationing = Some(Instant::now());
+                        }
                         Self::release_block(st, key, r.index, r.begin);
                         // A refused piece nothing arrived for yet must not hold a slot of
                         // `max_pieces_in_progress` while we wait to ask someone else.
@@ -789,10 +899,14 @@ impl Swarm {
     /// to another connected peer, which can pass it on? Refused for [`REJECT_WINDOW`] while
     /// the piece is on its way to that peer, for [`HELD_REJECT_WINDOW`] once some peer has
     /// it; after that the asker is served (the holder may not be sharing).
-    fn refuse(st: &mut State, key: u64, index: u32) -> bool {
+    fn refuse(st: &mut State, key: u64, index: u32, idle: bool) -> bool {
         let i = index as usize;
         match st.assigned[i] {
             Some(k) if k == key => false,
+            Some(_) if idle => {
+                debug!(piece = index, "serving a piece a second time: upload idle");
+                false
+            }
             Some(k) if st.peers.contains_key(&k) || st.availability[i] > 0 => {
                 let now = Instant::now();
                 let e = st.refusing.entry((key, index)).or_insert((now, now));
@@ -819,10 +933,33 @@ impl Swarm {
             }
             // Not yet sent, or its peer left without passing it on.
             _ => {
+                if st.assigned[i].is_none() {
+                    st.unassigned -= 1;
+                }
                 st.assigned[i] = Some(key);
                 false
             }
         }
+    }
+
+    /// Seeder policy: the next piece not yet sent to anyone that `key` lacks, now reserved
+    /// for `key` (as if it had asked for it first).
+    fn next_unassigned(st: &mut State, key: u64) -> Option<u32> {
+        let n = st.assigned.len();
+        let p = st.peers.get(&key)?;
+        if st.unassigned == 0 {
+            return None;
+        }
+        for k in 0..n {
+            let j = (st.suggest_cursor + k) % n;
+            if st.assigned[j].is_none() && !p.has[j] {
+                st.suggest_cursor = (j + 1) % n;
+                st.assigned[j] = Some(key);
+                st.unassigned -= 1;
+                return Some(j as u32);
+            }
+        }
+        None
     }
 
     fn set_has_all(&self, st: &mut State, key: u64, bits: Option<Vec<bool>>) {
@@ -833,7 +970,13 @@ impl Swarm {
         let bits = bits.unwrap_or_else(|| vec![true; n]);
         let mut useful = 0;
         for (i, (&had, &has)) in p.has.iter().zip(&bits).enumerate() {
-            st.availability[i] = st.availability[i] + has as u32 - had as u32;
+            let before = st.availability[i];
+            st.availability[i] = before + has as u32 - had as u32;
+            match (before, st.availability[i]) {
+                (0, a) if a > 0 => st.held += 1,
+                (b, 0) if b > 0 => st.held -= 1,
+                _ => {}
+            }
             if has && !st.have[i] {
                 useful += 1;
             }
@@ -890,6 +1033,24 @@ impl Swarm {
         best.map(|(_, i)| i)
     }
 
+    /// The first piece `key` suggested that we can still start.
+    fn take_suggested(st: &mut State, key: u64) -> Option<u32> {
+        let p = st.peers.get_mut(&key)?;
+        while let Some(i) = p.suggested.pop_front() {
+            let iu = i as usize;
+            if !st.have[iu]
+                && !st.in_progress.contains_key(&i)
+                && !st.verifying.contains(&i)
+                && p.rejected
+                    .get(&i)
+                    .is_none_or(|t| t.elapsed() >= REJECT_WINDOW)
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     fn new_in_progress(&self, index: u32) -> InProgress {
         let vi = self
             .shared
@@ -920,10 +1081,37 @@ impl Swarm {
         let p = st.peers.get(&key)?;
         let unstarted =
             st.have.len() - st.have_count as usize - st.in_progress.len() - st.verifying.len();
-        let spare = (p.rationing && unstarted > 0).then_some(seeds);
-        // 1. Finish pieces already in progress.
+        let spare = (p.is_rationing() && unstarted > 0).then_some(seeds);
         let mut found = None;
+        // 0. Blocks stalled at another peer.
+        let mut k = 0;
+        while k < st.stalled.len() {
+            let (index, begin) = st.stalled[k];
+            let b = (begin / BLOCK_SIZE) as usize;
+            let Some(ip) = st.in_progress.get(&index) else {
+                st.stalled.swap_remove(k);
+                continue;
+            };
+            if ip.blocks[b] != Block::Requested || ip.requesters[b].len() >= 2 {
+                st.stalled.swap_remove(k);
+                continue;
+            }
+            if p.has[index as usize]
+                && !refused(p, index)
+                && ip.open_to(key)
+                && !ip.requesters[b].contains(&key)
+            {
+                st.stalled.swap_remove(k);
+                found = Some((index, b));
+                break;
+            }
+            k += 1;
+        }
+        // 1. Finish pieces already in progress.
         for (&index, ip) in st.in_progress.iter() {
+            if found.is_some() {
+                break;
+            }
             if !p.has[index as usize]
                 || refused(p, index)
                 || !ip.open_to(key)
@@ -944,7 +1132,8 @@ impl Swarm {
         if found.is_none()
             && st.in_progress.len() + st.verifying.len() < self.shared.opts.max_pieces_in_progress
         {
-            if let Some(index) = self.pick_new_piece(st, key, spare) {
+            let suggested = Self::take_suggested(st, key);
+            if let Some(index) = suggested.or_else(|| self.pick_new_piece(st, key, spare)) {
                 if st.availability[index as usize] <= 1 {
                     st.cursor = (index + 1) % st.have.len() as u32;
                 }
@@ -1001,7 +1190,9 @@ impl Swarm {
         // Only a rationing seed's requests need the number of seeds (see `pick_block`).
         let n = st.have.len() as u32;
         let seeds = match st.peers.get(&key) {
-            Some(p) if p.rationing => st.peers.values().filter(|p| p.has_count == n).count() as u32,
+            Some(p) if p.is_rationing() => {
+                st.peers.values().filter(|p| p.has_count == n).count() as u32
+            }
             _ => 0,
         };
         loop {
@@ -1239,7 +1430,11 @@ impl Swarm {
         uploaded_to: Arc<AtomicU64>,
     ) {
         let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
-        let mut queue: VecDeque<Req> = VecDeque::new();
+        let mut queue = ServeQueue {
+            reqs: VecDeque::new(),
+            bytes: 0,
+            shared: self.shared.clone(),
+        };
         let mut buf = Vec::with_capacity(MAX_REQUEST as usize + 64);
         let keepalive = Duration::from_secs(60);
         'outer: loop {
@@ -1253,22 +1448,22 @@ impl Swarm {
                             break 'outer;
                         }
                     }
-                    Ok(Out::Serve(r)) => queue.push_back(r),
-                    Ok(Out::Cancel(r)) => queue.retain(|q| *q != r),
+                    Ok(Out::Serve(r)) => queue.push(r),
+                    Ok(Out::Cancel(r)) => queue.cancel(r),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
                 }
             }
-            if let Some(first) = queue.pop_front() {
+            if let Some(first) = queue.reqs.pop_front() {
                 // Consecutive requests for the same piece are read with one pread.
                 let mut batch = vec![first];
                 let mut end = first.begin + first.length;
-                while let Some(q) = queue.front() {
+                while let Some(q) = queue.reqs.front() {
                     if q.index != first.index || q.begin != end || end - first.begin >= MAX_BATCH {
                         break;
                     }
                     end += q.length;
-                    batch.push(queue.pop_front().expect("front"));
+                    batch.push(queue.reqs.pop_front().expect("front"));
                 }
                 let storage = self.shared.storage.clone();
                 let offset =
@@ -1305,6 +1500,7 @@ impl Swarm {
                     self.shared
                         .uploaded
                         .fetch_add(r.length as u64, Ordering::Relaxed);
+                    queue.written(r.length as u64);
                 }
                 continue;
             }
@@ -1319,8 +1515,8 @@ impl Swarm {
                         break;
                     }
                 }
-                Ok(Some(Out::Serve(r))) => queue.push_back(r),
-                Ok(Some(Out::Cancel(r))) => queue.retain(|q| *q != r),
+                Ok(Some(Out::Serve(r))) => queue.push(r),
+                Ok(Some(Out::Cancel(r))) => queue.cancel(r),
                 Ok(None) => break,
                 Err(_) => {
                     buf.clear();
@@ -1403,6 +1599,14 @@ impl Swarm {
                     self.debug_tick(&mut st);
                 }
                 let keys: Vec<u64> = st.peers.keys().copied().collect();
+                let stalled: Vec<(u32, u32)> = st
+                    .peers
+                    .values()
+                    .flat_map(|p| p.inflight.iter())
+                    .filter(|(_, &t)| now.duration_since(t) > STALL_AFTER)
+                    .map(|(k, _)| *k)
+                    .collect();
+                st.stalled = stalled;
                 for k in &keys {
                     let p = st.peers.get_mut(k).expect("present");
                     let expired: Vec<(u32, u32)> = p
