@@ -37,6 +37,9 @@ pub const HELD_REJECT_WINDOW: Duration = Duration::from_secs(10);
 /// hold up a piece the whole swarm is waiting for).
 pub const STALL_AFTER: Duration = Duration::from_secs(2);
 
+/// Seeder sockets: unsent bytes above which a write waits (`TCP_NOTSENT_LOWAT`).
+const TURN_LOWAT: u32 = 64 * 1024;
+
 /// Suggestions kept per peer.
 const MAX_SUGGESTED: usize = 64;
 
@@ -113,8 +116,11 @@ pub struct SwarmOptions {
     /// assigned to the first peer that asks for it; another Fast-extension peer asking for
     /// the same piece is rejected (it picks another piece and gets this one from the swarm)
     /// for [`REJECT_WINDOW`] while the piece is on its way, for [`HELD_REJECT_WINDOW`] once a
-    /// peer has it; a peer still asking after that is served. Our receivers recognise such
-    /// a rationing seed by its rejects and ask it only for pieces no other peer has.
+    /// peer has it; a peer still asking after that is served. A refusal comes with a SUGGEST
+    /// of a piece not sent to anyone yet (reserved for the asker). Once every piece is held
+    /// by some peer and the upload queue has run dry, second copies are served at once.
+    /// Our receivers recognise such a rationing seed by its rejects and ask it only for
+    /// pieces no other peer has.
     pub prefer_unsent: bool,
 }
 
@@ -305,6 +311,8 @@ pub(crate) struct Shared {
     listen_addr: SocketAddr,
     /// Bytes requested from us and not yet written to a socket, all peers together.
     queued: AtomicU64,
+    /// Seeder start-up: connections take turns to send one batch each (see `writer`).
+    turns: tokio::sync::Semaphore,
 }
 
 struct Bucket {
@@ -456,6 +464,7 @@ impl Swarm {
             changed: Notify::new(),
             uploaded: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            turns: tokio::sync::Semaphore::new(1),
             bucket,
             listen_addr,
             opts,
@@ -575,6 +584,11 @@ impl Swarm {
         outgoing: bool,
     ) -> Result<(), SwarmError> {
         let _ = stream.set_nodelay(true);
+        if self.shared.opts.prefer_unsent {
+            // A write returns once the data is nearly all handed to the network, so that
+            // the start-up turns in `writer` really take turns on the wire.
+            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(TURN_LOWAT);
+        }
         if self.lock().banned.contains(&addr.ip()) {
             return Err(SwarmError::Banned);
         }
@@ -1484,6 +1498,14 @@ impl Swarm {
                     }
                     Err(_) => break,
                 };
+                // Seeder start-up: until every peer holds a couple of pieces to trade, one
+                // connection at a time sends a whole batch, so the first pieces arrive
+                // after a piece's time on the wire instead of all of them after N times.
+                let turn = if self.shared.opts.prefer_unsent && self.ramping() {
+                    self.shared.turns.acquire().await.ok()
+                } else {
+                    None
+                };
                 for r in batch {
                     self.throttle(r.length as u64).await;
                     let at = (r.begin - first.begin) as usize;
@@ -1502,6 +1524,10 @@ impl Swarm {
                         .fetch_add(r.length as u64, Ordering::Relaxed);
                     queue.written(r.length as u64);
                 }
+                if turn.is_some() && wr.flush().await.is_err() {
+                    break;
+                }
+                drop(turn);
                 continue;
             }
             if wr.flush().await.is_err() {
@@ -1532,6 +1558,12 @@ impl Swarm {
         if let Some(p) = st.peers.get(&key) {
             p.kill.notify_one();
         }
+    }
+
+    /// Seeder start-up: fewer pieces held by peers than twice the number of peers.
+    fn ramping(&self) -> bool {
+        let st = self.lock();
+        (st.held as usize) < 2 * st.peers.len() && st.unassigned > 0
     }
 
     async fn throttle(&self, n: u64) {
