@@ -431,9 +431,10 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
                         event = None;
                         sw.add_peers(r.peers);
                         let _ = done_tx.send(r.done);
-                        // Once complete, poll each second so "done" is seen at once.
+                        // Once complete, poll four times a second so that "done" is seen at
+                        // once (receivers exit together, ~0.25 s after the last completes).
                         if complete {
-                            Duration::from_secs(1)
+                            Duration::from_millis(250)
                         } else {
                             r.interval.min(Duration::from_secs(10))
                         }
