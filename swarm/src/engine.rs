@@ -372,6 +372,21 @@ fn refused(p: &PeerState, i: u32) -> bool {
         .is_some_and(|t| t.elapsed() < REJECT_WINDOW)
 }
 
+/// One peer more (`gained`) or fewer has piece `i`; `held` counts pieces some peer has.
+fn count_holder(availability: &mut [u32], held: &mut u32, i: usize, gained: bool) {
+    if gained {
+        availability[i] += 1;
+        if availability[i] == 1 {
+            *held += 1;
+        }
+    } else {
+        availability[i] -= 1;
+        if availability[i] == 0 {
+            *held -= 1;
+        }
+    }
+}
+
 /// With `spare = Some(seeds)` (asking a rationing seed), is piece `i` held by some peer
 /// that is not a seed, so that the seed should not be asked for it?
 fn spared(st: &State, spare: Option<u32>, i: u32) -> bool {
@@ -726,10 +741,7 @@ impl Swarm {
         };
         for (i, &h) in p.has.iter().enumerate() {
             if h {
-                st.availability[i] -= 1;
-                if st.availability[i] == 0 {
-                    st.held -= 1;
-                }
+                count_holder(&mut st.availability, &mut st.held, i, false);
             }
         }
         for &(index, begin) in p.inflight.keys() {
@@ -811,10 +823,7 @@ impl Swarm {
                         if !we_have {
                             p.useful += 1;
                         }
-                        st.availability[i as usize] += 1;
-                        if st.availability[i as usize] == 1 {
-                            st.held += 1;
-                        }
+                        count_holder(&mut st.availability, &mut st.held, i as usize, true);
                     }
                 }
                 self.update_interest(st, key);
@@ -984,12 +993,8 @@ impl Swarm {
         let bits = bits.unwrap_or_else(|| vec![true; n]);
         let mut useful = 0;
         for (i, (&had, &has)) in p.has.iter().zip(&bits).enumerate() {
-            let before = st.availability[i];
-            st.availability[i] = before + has as u32 - had as u32;
-            match (before, st.availability[i]) {
-                (0, a) if a > 0 => st.held += 1,
-                (b, 0) if b > 0 => st.held -= 1,
-                _ => {}
+            if has != had {
+                count_holder(&mut st.availability, &mut st.held, i, has);
             }
             if has && !st.have[i] {
                 useful += 1;
@@ -1055,9 +1060,7 @@ impl Swarm {
             if !st.have[iu]
                 && !st.in_progress.contains_key(&i)
                 && !st.verifying.contains(&i)
-                && p.rejected
-                    .get(&i)
-                    .is_none_or(|t| t.elapsed() >= REJECT_WINDOW)
+                && !refused(p, i)
             {
                 return Some(i);
             }
