@@ -70,7 +70,8 @@ pub struct Cli {
     #[arg(long, env = "RECEIVER_SEED_AFTER", value_parser = parse_duration)]
     pub seed_after: Option<Duration>,
 
-    /// Re-read and re-hash every piece on the target at the end.
+    /// At the end, re-read every piece from the target and re-hash it (the target's page
+    /// cache is dropped first, so the reads come from the device).
     #[arg(long, env = "RECEIVER_VERIFY")]
     pub verify: bool,
 
@@ -507,6 +508,10 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     );
 
     if s.verify {
+        // Read the device, not what the page cache kept from our own writes.
+        storage
+            .drop_cache()
+            .map_err(|e| ReceiverError::Failure(format!("before verification: {e}")))?;
         let (st, mm) = (storage.clone(), m.clone());
         let bad = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u32>> {
             let mut buf = Vec::new();

@@ -19,6 +19,18 @@ pub trait Storage: Send + Sync + 'static {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Flushes written data to stable storage.
     fn sync(&self) -> io::Result<()>;
+    /// Drops clean cached pages of the storage, so the next reads come from the device
+    /// itself rather than from memory (call after [`Storage::sync`]).
+    fn drop_cache(&self) -> io::Result<()>;
+}
+
+fn drop_cache(file: &File, path: &Path) -> io::Result<()> {
+    rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("dropping the page cache of {}: {e}", path.display()),
+        )
+    })
 }
 
 fn with_context(e: io::Error, what: &str, path: &Path, offset: u64) -> io::Error {
@@ -72,6 +84,10 @@ impl Storage for DeviceStorage {
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        drop_cache(&self.file, &self.path)
+    }
 }
 
 /// The packed stream stored as one file (what `imager --save` writes).
@@ -115,6 +131,10 @@ impl Storage for PackedFileStorage {
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        drop_cache(&self.file, &self.path)
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +167,75 @@ mod tests {
         assert_eq!(&after[5000..5010], &[7u8; 10]);
         assert_eq!(&after[150..5000], &dev[150..5000], "gap untouched");
         assert!(s.read_at(1040, &mut buf).is_err(), "past the packed end");
+    }
+
+    /// Runs `losetup` with `args`; None (test skipped) when loop devices are not available
+    /// and the suite does not require them.
+    fn losetup(args: &[&str]) -> Option<String> {
+        let out = std::process::Command::new("losetup").args(args).output();
+        match out {
+            Ok(o) if o.status.success() => Some(String::from_utf8(o.stdout).unwrap()),
+            other => {
+                assert!(
+                    std::env::var_os("BLOCKSWARM_REQUIRE_FS_TOOLS").is_none(),
+                    "losetup {args:?} failed: {other:?}"
+                );
+                println!("SKIP: losetup {args:?} failed: {other:?}");
+                None
+            }
+        }
+    }
+
+    /// What `receiver --verify` relies on: after `drop_cache`, reads of a block device come
+    /// from the device, not from data cached when it was written.
+    #[test]
+    fn drop_cache_makes_block_device_reads_come_from_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing.img");
+        std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
+        let Some(dev) = losetup(&["-f", "--show", backing.to_str().unwrap()]) else {
+            return;
+        };
+        let dev = PathBuf::from(dev.trim());
+        struct Detach(PathBuf);
+        impl Drop for Detach {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("losetup")
+                    .arg("-d")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _detach = Detach(dev.clone());
+        let map = Arc::new(ExtentMap::new(1 << 20, vec![Extent::new(4096, 8192)]).unwrap());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .unwrap();
+        let s = DeviceStorage::new(f, dev.clone(), map);
+        s.write_at(0, &[0xAB; 8192]).unwrap();
+        s.sync().unwrap();
+        // The disk goes bad under the device's cache: its backing file changes.
+        let b = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .unwrap();
+        b.write_all_at(&[0xCD; 4096], 8192).unwrap();
+        b.sync_all().unwrap();
+        let mut buf = vec![0u8; 8192];
+        s.read_at(0, &mut buf).unwrap();
+        assert_eq!(
+            buf[4096], 0xAB,
+            "before drop_cache the cached block is read"
+        );
+        s.drop_cache().unwrap();
+        s.read_at(0, &mut buf).unwrap();
+        assert_eq!(&buf[..4096], &[0xAB; 4096][..], "first block as written");
+        assert_eq!(
+            &buf[4096..],
+            &[0xCD; 4096][..],
+            "after drop_cache the device's own content is read"
+        );
     }
 }
