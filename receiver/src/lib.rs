@@ -70,8 +70,9 @@ pub struct Cli {
     #[arg(long, env = "RECEIVER_SEED_AFTER", value_parser = parse_duration)]
     pub seed_after: Option<Duration>,
 
-    /// At the end, re-read every piece from the target and re-hash it (the target's page
-    /// cache is dropped first, so the reads come from the device).
+    /// Re-read every piece from the target and re-hash it, its cached pages dropped first so
+    /// the reads come from the device; done in passes during the download (after each
+    /// flush), the rest at the end.
     #[arg(long, env = "RECEIVER_VERIFY")]
     pub verify: bool,
 
@@ -316,6 +317,60 @@ fn piece_ok(
     Ok(<[u8; 20]>::from(Sha1::digest(&buf[..])) == m.piece_hashes[i as usize])
 }
 
+/// `--verify`: re-reads pieces from the device itself and re-hashes them. During the
+/// download it works in passes: fdatasync the target, then for every piece written since the
+/// last pass drop its cached pages and read it back. So the final check after the last
+/// flush covers only the pieces of the last few seconds instead of the whole target.
+struct Verifier {
+    storage: Arc<dyn Storage>,
+    m: Arc<Manifest>,
+    checked: Vec<bool>,
+    bad: Vec<u32>,
+    buf: Vec<u8>,
+}
+
+/// Bytes of unchecked pieces that start a pass during the download.
+const VERIFY_BATCH: u64 = 32 << 20;
+
+impl Verifier {
+    fn new(storage: Arc<dyn Storage>, m: Arc<Manifest>) -> Self {
+        let n = m.num_pieces() as usize;
+        Self {
+            storage,
+            m,
+            checked: vec![false; n],
+            bad: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes of pieces in `have` not checked yet.
+    fn pending(&self, have: &[bool]) -> u64 {
+        (0..self.checked.len())
+            .filter(|&i| have[i] && !self.checked[i])
+            .map(|i| self.m.piece_range(i as u32).1)
+            .sum()
+    }
+
+    /// Flushes the target, then checks every piece in `have` not checked yet against the
+    /// device. A piece that does not match is recorded in `bad`.
+    fn pass(&mut self, have: &[bool]) -> std::io::Result<()> {
+        self.storage.sync()?;
+        for (i, (&has, checked)) in have.iter().zip(self.checked.iter_mut()).enumerate() {
+            if !has || *checked {
+                continue;
+            }
+            let (off, len) = self.m.piece_range(i as u32);
+            self.storage.drop_cache(off, len)?;
+            if !piece_ok(&*self.storage, &self.m, i as u32, &mut self.buf)? {
+                self.bad.push(i as u32);
+            }
+            *checked = true;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the receiver to completion.
 pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     let s = Settings::resolve(&cli)?;
@@ -392,6 +447,31 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             info!(found, "resume scan finished");
         });
     }
+
+    // --verify: check pieces against the device in passes while the download runs.
+    let verify_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Whatever way `run` returns, the verifier's thread stops (a runtime waits for it).
+    struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop_verifier = StopOnDrop(verify_stop.clone());
+    let verifier = s.verify.then(|| {
+        let (sw, stop) = (swarm.clone(), verify_stop.clone());
+        let mut v = Verifier::new(storage.clone(), m.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<Verifier> {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let have = sw.have_bits();
+                if v.pending(&have) >= VERIFY_BATCH {
+                    v.pass(&have)?;
+                }
+            }
+            Ok(v)
+        })
+    });
 
     // Tracker loop.
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
@@ -507,24 +587,17 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         m.total_length() as f64 / 1048576.0 / secs.max(1e-9)
     );
 
-    if s.verify {
-        // Read the device, not what the page cache kept from our own writes.
-        storage
-            .drop_cache()
-            .map_err(|e| ReceiverError::Failure(format!("before verification: {e}")))?;
-        let (st, mm) = (storage.clone(), m.clone());
-        let bad = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u32>> {
-            let mut buf = Vec::new();
-            let mut bad = Vec::new();
-            for i in 0..mm.num_pieces() {
-                if !piece_ok(&*st, &mm, i, &mut buf)? {
-                    bad.push(i);
-                }
-            }
-            Ok(bad)
-        })
+    if let Some(task) = verifier {
+        verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bad = async {
+            let mut v = task.await??;
+            tokio::task::spawn_blocking(move || {
+                v.pass(&vec![true; v.checked.len()])?;
+                Ok::<_, std::io::Error>(v.bad)
+            })
+            .await?
+        }
         .await
-        .map_err(|e| ReceiverError::Failure(e.to_string()))?
         .map_err(|e| ReceiverError::Verify(format!("verification read failed: {e}")))?;
         if !bad.is_empty() {
             return Err(ReceiverError::Verify(format!(
@@ -583,6 +656,102 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blockswarm_manifest::{Extent, ExtentMap};
+    use std::os::unix::fs::FileExt;
+
+    /// The verifier reads the device: a loop device whose backing file goes bad after the
+    /// pieces were written and flushed (its page cache still holding the good data) fails
+    /// exactly the corrupted piece, and pieces checked in an earlier pass are not re-read.
+    #[test]
+    fn verifier_checks_pieces_against_the_device_in_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing.img");
+        std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&backing)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => {
+                PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
+            }
+            other => {
+                assert!(
+                    std::env::var_os("BLOCKSWARM_REQUIRE_FS_TOOLS").is_none(),
+                    "losetup failed: {other:?}"
+                );
+                println!("SKIP: losetup failed: {other:?}");
+                return;
+            }
+        };
+        let detach = scopeguard(dev.clone());
+        let piece = 16384u32;
+        let data: Vec<u8> = (0..4 * piece).map(|i| (i % 253) as u8).collect();
+        let map = ExtentMap::new(1 << 20, vec![Extent::new(8192, 4 * piece as u64)]).unwrap();
+        let m = Arc::new(Manifest {
+            name: "t".into(),
+            piece_length: piece,
+            piece_hashes: data
+                .chunks(piece as usize)
+                .map(|c| Sha1::digest(c).into())
+                .collect(),
+            fs_type: "dd".into(),
+            block_size: 4096,
+            map: Arc::new(map),
+            announce: None,
+            source: None,
+            created_by: None,
+            creation_date: None,
+        });
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(DeviceStorage::new(f, dev.clone(), m.map.clone()));
+        let mut v = Verifier::new(storage.clone(), m.clone());
+        storage.write_at(0, &data[..2 * piece as usize]).unwrap();
+        let have = [true, true, false, false];
+        assert_eq!(v.pending(&have), 2 * piece as u64);
+        v.pass(&have).unwrap();
+        assert!(v.bad.is_empty());
+        assert_eq!(v.pending(&have), 0);
+        storage
+            .write_at(2 * piece as u64, &data[2 * piece as usize..])
+            .unwrap();
+        storage.sync().unwrap();
+        // Pieces 0 and 3 go bad on the "disk" (device offset 8192 + piece offset).
+        let b = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .unwrap();
+        for p in [0u64, 3] {
+            b.write_all_at(&[0xEE; 100], 8192 + p * piece as u64 + 50)
+                .unwrap();
+        }
+        b.sync_all().unwrap();
+        v.pass(&[true; 4]).unwrap();
+        assert_eq!(
+            v.bad,
+            vec![3],
+            "piece 3 read from the device; piece 0 not re-read"
+        );
+        drop(detach);
+    }
+
+    /// Detaches the loop device when dropped.
+    fn scopeguard(dev: PathBuf) -> impl Drop {
+        struct D(PathBuf);
+        impl Drop for D {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("losetup")
+                    .arg("-d")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        D(dev)
+    }
 
     #[test]
     fn durations() {

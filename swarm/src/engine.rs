@@ -1432,6 +1432,11 @@ impl Swarm {
         self.shared.changed.notify_waiters();
     }
 
+    /// Which pieces are present (verified and written).
+    pub fn have_bits(&self) -> Vec<bool> {
+        self.lock().have.clone()
+    }
+
     /// True if the piece is present, being fetched or being verified.
     pub fn is_busy_or_have(&self, index: u32) -> bool {
         let st = self.lock();

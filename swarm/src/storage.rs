@@ -19,16 +19,28 @@ pub trait Storage: Send + Sync + 'static {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Flushes written data to stable storage.
     fn sync(&self) -> io::Result<()>;
-    /// Drops clean cached pages of the storage, so the next reads come from the device
-    /// itself rather than from memory (call after [`Storage::sync`]).
-    fn drop_cache(&self) -> io::Result<()>;
+    /// Drops the clean cached pages holding the packed range `offset..offset + len`, so the
+    /// next reads of it come from the device rather than from memory (call after
+    /// [`Storage::sync`]; dirty pages stay).
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
-fn drop_cache(file: &File, path: &Path) -> io::Result<()> {
-    rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed).map_err(|e| {
+/// `posix_fadvise(DONTNEED)` on the pages covering `offset..offset + len` (rounded out to
+/// whole 4 KiB pages: the kernel drops only pages wholly inside the range).
+fn drop_cache(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
+    const PAGE: u64 = 4096;
+    let start = offset / PAGE * PAGE;
+    let end = (offset + len).div_ceil(PAGE) * PAGE;
+    let Some(n) = std::num::NonZeroU64::new(end - start) else {
+        return Ok(());
+    };
+    rustix::fs::fadvise(file, start, Some(n), rustix::fs::Advice::DontNeed).map_err(|e| {
         io::Error::new(
             io::Error::from(e).kind(),
-            format!("dropping the page cache of {}: {e}", path.display()),
+            format!(
+                "dropping the page cache of {} at byte {start}: {e}",
+                path.display()
+            ),
         )
     })
 }
@@ -85,8 +97,15 @@ impl Storage for DeviceStorage {
         self.file.sync_data()
     }
 
-    fn drop_cache(&self) -> io::Result<()> {
-        drop_cache(&self.file, &self.path)
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let segments = self
+            .map
+            .segments(offset, len)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        for s in segments {
+            drop_cache(&self.file, &self.path, s.device_offset, s.length)?;
+        }
+        Ok(())
     }
 }
 
@@ -132,8 +151,9 @@ impl Storage for PackedFileStorage {
         self.file.sync_data()
     }
 
-    fn drop_cache(&self) -> io::Result<()> {
-        drop_cache(&self.file, &self.path)
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check(offset, len as usize)?;
+        drop_cache(&self.file, &self.path, offset, len)
     }
 }
 
@@ -229,7 +249,7 @@ mod tests {
             buf[4096], 0xAB,
             "before drop_cache the cached block is read"
         );
-        s.drop_cache().unwrap();
+        s.drop_cache(0, 8192).unwrap();
         s.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf[..4096], &[0xAB; 4096][..], "first block as written");
         assert_eq!(
