@@ -598,7 +598,11 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             .await?
         }
         .await
-        .map_err(|e| ReceiverError::Verify(format!("verification read failed: {e}")))?;
+        .map_err(|e| {
+            ReceiverError::Verify(format!(
+                "verification failed (flushing or reading the target): {e}"
+            ))
+        })?;
         if !bad.is_empty() {
             return Err(ReceiverError::Verify(format!(
                 "{} pieces do not verify on the target (first: {})",
