@@ -26,11 +26,11 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// `posix_fadvise(DONTNEED)` on the pages covering `offset..offset + len` (rounded out to
-/// whole 4 KiB pages: the kernel drops only pages wholly inside the range).
+/// whole pages: the kernel drops only pages wholly inside the range).
 fn drop_cache(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
-    const PAGE: u64 = 4096;
-    let start = offset / PAGE * PAGE;
-    let end = (offset + len).div_ceil(PAGE) * PAGE;
+    let page = rustix::param::page_size() as u64;
+    let start = offset / page * page;
+    let end = (offset + len).div_ceil(page) * page;
     let Some(n) = std::num::NonZeroU64::new(end - start) else {
         return Ok(());
     };
