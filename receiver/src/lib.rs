@@ -671,24 +671,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("backing.img");
         std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
-        let out = std::process::Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&backing)
-            .output();
-        let dev = match out {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
-            }
-            other => {
-                assert!(
-                    std::env::var_os("BLOCKSWARM_REQUIRE_FS_TOOLS").is_none(),
-                    "losetup failed: {other:?}"
-                );
-                println!("SKIP: losetup failed: {other:?}");
-                return;
-            }
+        let Some(lo) = blockswarm_swarm::test_support::LoopDevice::attach(&backing) else {
+            return;
         };
-        let detach = scopeguard(dev.clone());
+        let dev = lo.path.clone();
         let piece = 16384u32;
         let data: Vec<u8> = (0..4 * piece).map(|i| (i % 253) as u8).collect();
         let map = ExtentMap::new(1 << 20, vec![Extent::new(8192, 4 * piece as u64)]).unwrap();
@@ -740,21 +726,6 @@ mod tests {
             vec![3],
             "piece 3 read from the device; piece 0 not re-read"
         );
-        drop(detach);
-    }
-
-    /// Detaches the loop device when dropped.
-    fn scopeguard(dev: PathBuf) -> impl Drop {
-        struct D(PathBuf);
-        impl Drop for D {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("losetup")
-                    .arg("-d")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        D(dev)
     }
 
     #[test]

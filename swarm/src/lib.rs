@@ -9,6 +9,8 @@
 pub mod engine;
 pub mod http;
 pub mod storage;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod tracker;
 pub mod wire;
 

@@ -189,23 +189,6 @@ mod tests {
         assert!(s.read_at(1040, &mut buf).is_err(), "past the packed end");
     }
 
-    /// Runs `losetup` with `args`; None (test skipped) when loop devices are not available
-    /// and the suite does not require them.
-    fn losetup(args: &[&str]) -> Option<String> {
-        let out = std::process::Command::new("losetup").args(args).output();
-        match out {
-            Ok(o) if o.status.success() => Some(String::from_utf8(o.stdout).unwrap()),
-            other => {
-                assert!(
-                    std::env::var_os("BLOCKSWARM_REQUIRE_FS_TOOLS").is_none(),
-                    "losetup {args:?} failed: {other:?}"
-                );
-                println!("SKIP: losetup {args:?} failed: {other:?}");
-                None
-            }
-        }
-    }
-
     /// What `receiver --verify` relies on: after `drop_cache`, reads of a block device come
     /// from the device, not from data cached when it was written.
     #[test]
@@ -213,20 +196,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("backing.img");
         std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
-        let Some(dev) = losetup(&["-f", "--show", backing.to_str().unwrap()]) else {
+        let Some(lo) = crate::test_support::LoopDevice::attach(&backing) else {
             return;
         };
-        let dev = PathBuf::from(dev.trim());
-        struct Detach(PathBuf);
-        impl Drop for Detach {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("losetup")
-                    .arg("-d")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _detach = Detach(dev.clone());
+        let dev = lo.path.clone();
         let map = Arc::new(ExtentMap::new(1 << 20, vec![Extent::new(4096, 8192)]).unwrap());
         let f = std::fs::OpenOptions::new()
             .read(true)
