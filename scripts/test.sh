@@ -6,11 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export BLOCKSWARM_REQUIRE_FS_TOOLS=1     # a missing tool fails a test instead of skipping it
-FEATURES=(--features imager/ntfs)       # NTFS in process through libntfs-3g
 echo "== cargo fmt" && cargo fmt --all -- --check
-echo "== cargo clippy" && cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings
-echo "== build" && cargo build --workspace --bins "${FEATURES[@]}"
-echo "== tests" && cargo test --workspace "${FEATURES[@]}" 2>&1 | tee /tmp/blockswarm-test.log
+echo "== cargo clippy" && cargo clippy --workspace --all-targets -- -D warnings
+echo "== build" && cargo build --workspace --bins
+echo "== tests" && cargo test --workspace 2>&1 | tee /tmp/blockswarm-test.log
 echo "== partclone-sys without the ntfs feature" && cargo test -p partclone-sys --test errors
 echo "== static receiver" && bash scripts/build-static-receiver.sh
 # One summary line for CI readers.

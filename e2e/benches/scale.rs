@@ -66,6 +66,7 @@ fn manifest_for(dev: &Path, map: ExtentMap, name: &str) -> Manifest {
         fs_type: "dd".into(),
         block_size: 4096,
         map: map.into(),
+        disk: None,
         announce: None,
         source: Some(dev.to_string_lossy().into_owned()),
         created_by: Some("blockswarm scale bench".into()),

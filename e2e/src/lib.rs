@@ -2,6 +2,7 @@
 //! images, running processes that are killed when dropped, comparing targets with sources.
 #![forbid(unsafe_code)]
 
+pub mod boot;
 pub mod evil_peer;
 
 use std::path::{Path, PathBuf};

@@ -33,14 +33,16 @@ fn parse_piece_size(s: &str) -> Result<u32, String> {
     Ok(v as u32)
 }
 
-/// Finds the used blocks of a partition, hashes them (SHA-1, BitTorrent v1 pieces) and writes
+/// Finds the used blocks of a disk or partition, hashes them (SHA-1, BitTorrent v1 pieces) and writes
 /// a blockswarm manifest (.torrent with the extent map) to stdout.
 ///
 /// Typical use: `imager /dev/sda1 | seeder`.
 #[derive(Debug, Parser)]
 #[command(name = "imager", version, about, long_about = None)]
 pub struct Cli {
-    /// Partition block device or partition image file to image.
+    /// What to image: a whole disk (/dev/sda, /dev/nvme0n1 or a disk image file with a GPT or
+    /// MBR partition table: every partition in one manifest) or one partition (/dev/sda1 or a
+    /// partition image file).
     #[arg(env = "IMAGER_SOURCE", required_unless_present = "list_fs")]
     pub source: Option<PathBuf>,
 
@@ -53,6 +55,11 @@ pub struct Cli {
     /// exit.
     #[arg(long, env = "IMAGER_MAP")]
     pub map: bool,
+
+    /// Print the partition layout of a whole disk (number, start, end, size, type, name,
+    /// filesystem and used bytes of every partition) and exit.
+    #[arg(long, env = "IMAGER_LIST")]
+    pub list: bool,
 
     /// List the filesystems this build supports and the backend used for each, and exit.
     #[arg(long, env = "IMAGER_LIST_FS")]

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod disk;
 pub mod pipeline;
 
 use std::fs::{self, File};
@@ -51,6 +52,8 @@ pub enum ImagerError {
     UnknownFs(String),
     #[error("{0}")]
     Backend(String),
+    #[error("partition table: {0}")]
+    Disk(#[from] blockswarm_disk::DiskError),
     #[error("invalid used-block map: {0}")]
     Map(#[from] MapError),
     #[error("manifest: {0}")]
@@ -69,7 +72,7 @@ impl ImagerError {
             OpenSource { .. } | NotFilesystem { .. } | TooShort { .. } | Truncated { .. } => {
                 exit::BAD_INPUT
             }
-            UnknownFs(_) | Map(_) | Backend(_) => exit::BAD_INPUT,
+            UnknownFs(_) | Map(_) | Backend(_) | Disk(_) => exit::BAD_INPUT,
             Target(_) => exit::BAD_TARGET,
             MountedSource { .. } | BinaryToTerminal => exit::REFUSED,
             Read { .. } | Write { .. } | Manifest(_) | Output { .. } | Internal(_) => exit::FAILURE,
@@ -136,7 +139,19 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
         .ok_or_else(|| ImagerError::Internal("SOURCE is required".into()))?;
     let (src, src_size) = open_source(source, cli.force)?;
     let t0 = Instant::now();
-    let used = backend::used_map(source, &src, src_size, &cli.fs)?;
+    // A partition table (whole disk) unless a filesystem was named: then one partition.
+    let table = if cli.fs.eq_ignore_ascii_case("auto") {
+        disk::detect_table(&src, src_size)?
+    } else {
+        None
+    };
+    let (used, layout) = match &table {
+        Some(t) => {
+            let (used, layout) = disk::disk_map(source, &src, src_size, t)?;
+            (used, Some(layout))
+        }
+        None => (backend::used_map(source, &src, src_size, &cli.fs)?, None),
+    };
     info!(
         fs = %used.fs_type,
         block_size = used.block_size,
@@ -146,6 +161,23 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
         elapsed = ?t0.elapsed(),
         "used-block map ready"
     );
+
+    if cli.list {
+        match &layout {
+            Some(l) => print!(
+                "{}",
+                disk::list_text(source, src_size, l, used.map.packed_len())
+            ),
+            None => println!(
+                "{}: no partition table: one {} filesystem, {} bytes, {} used",
+                source.display(),
+                used.fs_type,
+                src_size,
+                used.map.packed_len()
+            ),
+        }
+        return Ok(());
+    }
 
     if cli.map {
         let stdout = io::stdout();
@@ -179,7 +211,10 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     };
     let mut copy = match &cli.copy_to {
         Some(target) => {
-            let file = device::open_target(target, used.map.device_size(), Some(source), true)?;
+            let need = layout
+                .as_ref()
+                .map_or(used.map.device_size(), |l| l.min_size);
+            let file = device::open_target(target, need, Some(source), true)?;
             Some(pipeline::CopySink {
                 file,
                 path: target.clone(),
@@ -212,6 +247,9 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
             pb.inc(n)
         })?;
     pb.finish_and_clear();
+    if let (Some(c), Some(l)) = (copy.as_mut(), &layout) {
+        disk::finish_copy(&mut c.file, &c.path, l)?;
+    }
     let secs = t1.elapsed().as_secs_f64();
     info!(
         pieces = piece_hashes.len(),
@@ -228,6 +266,7 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
         fs_type: used.fs_type.clone(),
         block_size: used.block_size,
         map: used.map.clone().into(),
+        disk: layout,
         announce: cli.tracker.clone(),
         source: Some(canonical_source.to_string_lossy().into_owned()),
         created_by: Some(concat!("blockswarm imager ", env!("CARGO_PKG_VERSION")).into()),

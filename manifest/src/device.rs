@@ -17,6 +17,8 @@ pub enum TargetError {
     Mounted { path: PathBuf, mountpoint: String },
     #[error("target {path} is the source device itself")]
     IsSource { path: PathBuf },
+    #[error("target {path} is the disk that holds the source {source_path}")]
+    HoldsSource { path: PathBuf, source_path: PathBuf },
     #[error("target {path} is neither a block device nor a regular file")]
     NotADevice { path: PathBuf },
 }
@@ -60,18 +62,27 @@ fn major_minor(rdev: u64) -> (u64, u64) {
 }
 
 /// Block devices (as (major, minor)) that stand for `path`: itself if it is a block device,
-/// and every loop device whose backing file is `path`.
+/// and every loop device whose backing file is `path` — or, for a loop device, is the same
+/// file as its own backing file (two loop devices over one image are one disk).
 fn block_devices_of(path: &Path) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let Ok(id) = identity(path) else {
         return out;
     };
+    let loops = loop_backings();
+    let mut files = vec![id.inode];
     if let Some(rdev) = id.rdev {
-        out.push(major_minor(rdev));
+        let mm = major_minor(rdev);
+        out.push(mm);
+        if let Some((_, backing)) = loops.iter().find(|(dev, _)| *dev == mm) {
+            if let Ok(bid) = identity(backing) {
+                files.push(bid.inode);
+            }
+        }
     }
-    for (dev, backing) in loop_backings() {
+    for (dev, backing) in loops {
         if let Ok(bid) = identity(&backing) {
-            if bid.inode == id.inode {
+            if files.contains(&bid.inode) && !out.contains(&dev) {
                 out.push(dev);
             }
         }
@@ -197,8 +208,18 @@ pub fn same_device(a: &Path, b: &Path) -> bool {
     block_devices_of(b).iter().any(|d| da.contains(d))
 }
 
+/// True if the whole disk `disk` holds the partition `part` (both block devices, or loop
+/// devices standing for image files).
+pub fn holds(disk: &Path, part: &Path) -> bool {
+    let disks = block_devices_of(disk);
+    block_devices_of(part)
+        .into_iter()
+        .filter_map(parent_disk)
+        .any(|d| disks.contains(&d))
+}
+
 /// Opens `target` for writing after checking that it is a block device or regular file, is
-/// not mounted, is not `source` (when known) and holds at least `need` bytes. Nothing is
+/// not mounted, is not `source` (when known) nor the disk holding it, and holds at least `need` bytes. Nothing is
 /// written. With `create`, a missing regular file is created (and sized by the caller).
 pub fn open_target(
     target: &Path,
@@ -222,6 +243,12 @@ pub fn open_target(
             if same_device(src, target) {
                 return Err(TargetError::IsSource {
                     path: target.to_path_buf(),
+                });
+            }
+            if holds(target, src) {
+                return Err(TargetError::HoldsSource {
+                    path: target.to_path_buf(),
+                    source_path: src.to_path_buf(),
                 });
             }
         }

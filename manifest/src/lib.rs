@@ -8,9 +8,11 @@
 pub mod device;
 pub mod exit;
 mod extent;
+mod layout;
 pub mod logging;
 
 pub use extent::{Extent, ExtentMap, ExtentMapBuilder, PackedIoError, Segment, Segments};
+pub use layout::{DiskLayout, PartitionInfo, TableKind, EXTENDED_FS, MAX_PARTITIONS};
 
 use librqbit_bencode::{ByteBuf, WithRawBytes};
 use serde::{Deserialize, Serialize};
@@ -87,6 +89,8 @@ pub enum ManifestError {
     BlockSize(u64),
     #[error("field `{0}` is not valid UTF-8")]
     Utf8(&'static str),
+    #[error("invalid disk layout: {0}")]
+    Layout(String),
     #[error("manifest encoding failed: {0}")]
     Encode(String),
 }
@@ -105,6 +109,8 @@ pub struct Manifest {
     pub block_size: u64,
     /// The used runs; `map.device_size()` is the source device size.
     pub map: std::sync::Arc<ExtentMap>,
+    /// Whole-disk manifests: the partition layout (the extents are then disk byte offsets).
+    pub disk: Option<DiskLayout>,
     /// Tracker URL (outside the info dict).
     pub announce: Option<String>,
     /// Path of the source device on the imaging machine (outside the info dict; a hint for
@@ -130,6 +136,8 @@ struct WireExt<'a> {
     block_size: u64,
     #[serde(rename = "device size")]
     device_size: u64,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    disk: Option<layout::WireDisk<'a>>,
     #[serde(borrow)]
     extents: ByteBuf<'a>,
     #[serde(borrow)]
@@ -218,6 +226,14 @@ impl Manifest {
         (off, len)
     }
 
+    /// Smallest target this manifest can be written to: the source device's size, or for a
+    /// whole disk the end of its last partition (and the backup GPT after it).
+    pub fn min_target_size(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(self.map.device_size(), |d| d.min_size)
+    }
+
     /// Length in bytes of piece `index`.
     pub fn piece_len(&self, index: u32) -> u32 {
         self.piece_range(index).1 as u32
@@ -243,6 +259,10 @@ impl Manifest {
                 piece_length: self.piece_length as u64,
             });
         }
+        if let Some(d) = &self.disk {
+            let map_end = self.map.extents().last().map_or(0, Extent::end);
+            d.validate(self.map.device_size(), map_end)?;
+        }
         Ok(())
     }
 
@@ -251,6 +271,7 @@ impl Manifest {
             blockswarm: Some(WireExt {
                 block_size: self.block_size,
                 device_size: self.map.device_size(),
+                disk: self.disk.as_ref().map(layout::WireDisk::from_layout),
                 extents: ByteBuf(extents),
                 fs: ByteBuf(self.fs_type.as_bytes()),
                 version: FORMAT_VERSION,
@@ -355,6 +376,11 @@ impl Manifest {
             fs_type: utf8("fs", ext.fs.0)?,
             block_size: ext.block_size,
             map: map.into(),
+            disk: ext
+                .disk
+                .as_ref()
+                .map(layout::WireDisk::to_layout)
+                .transpose()?,
             announce: t.announce.map(|b| utf8("announce", b.0)).transpose()?,
             source: t
                 .source
@@ -389,6 +415,7 @@ mod tests {
             fs_type: "ext4".into(),
             block_size: 4096,
             map: map.into(),
+            disk: None,
             announce: Some("http://127.0.0.1:6880/announce".into()),
             source: Some("/dev/sda1".into()),
             created_by: Some("blockswarm test".into()),
@@ -404,6 +431,37 @@ mod tests {
         assert_eq!(d.manifest, m);
         assert_eq!(d.info_hash, m.info_hash().unwrap());
         assert_eq!(d.manifest.encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_disk_layout_round_trips_and_is_protected_by_the_infohash() {
+        let mut m = sample();
+        m.map = ExtentMap::new(
+            20 << 20,
+            vec![Extent::new(0, 1 << 20), Extent::new(5 << 20, 40000)],
+        )
+        .unwrap()
+        .into();
+        m.disk = Some(layout::tests::gpt_layout());
+        let bytes = m.encode().unwrap();
+        let d = Manifest::decode(&bytes).unwrap();
+        assert_eq!(d.manifest, m);
+        assert_eq!(d.manifest.encode().unwrap(), bytes);
+        assert_eq!(m.min_target_size(), (10 << 20) + 33 * 512);
+        let plain = sample();
+        assert_ne!(d.info_hash, plain.info_hash().unwrap());
+        // A layout that does not fit the disk is refused on decode too.
+        let needle = b"8:min sizei";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        let mut bad = bytes.clone();
+        bad[at + needle.len()] = b'9'; // 10 MiB+ -> 90 MiB+: beyond the 20 MiB disk
+        assert!(matches!(
+            Manifest::decode(&bad),
+            Err(ManifestError::Layout(_))
+        ));
     }
 
     #[test]

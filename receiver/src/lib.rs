@@ -1,237 +1,29 @@
 //! `receiver`: runs on each target. Fetches the manifest, checks the target, writes every
 //! verified piece straight to the raw device at its offset, seeds to its peers meanwhile,
-//! and exits 0 only when every piece is on the target and verified.
+//! and exits 0 only when every piece is on the target and verified. A whole-disk manifest
+//! gets a partition table that fits the target's size at the end.
 #![forbid(unsafe_code)]
 
-use std::fs::File;
+mod settings;
+mod target;
+mod verify;
+
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockswarm_manifest::{device, exit, Manifest};
+use blockswarm_manifest::Manifest;
 use blockswarm_swarm::tracker::{self, Announce};
 use blockswarm_swarm::{
     http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
 };
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use sha1::{Digest, Sha1};
 use tracing::{debug, info, warn};
 
-/// Parses durations like `90s`, `10m`, `1h`, `0` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.chars().last() {
-        Some('s') => (&t[..t.len() - 1], 1.0),
-        Some('m') => (&t[..t.len() - 1], 60.0),
-        Some('h') => (&t[..t.len() - 1], 3600.0),
-        _ => (t.as_str(), 1.0),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (examples: 90s, 10m, 1h)"))?;
-    if !(0.0..=1e9).contains(&v) {
-        return Err(format!("duration out of range: {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
-}
-
-/// Receives a blockswarm deployment onto a target device.
-///
-/// Exit codes: 0 done and verified; 1 runtime failure; 2 usage; 3 bad manifest; 4 bad target
-/// (too small, mounted, the source, in use, missing); 6 seeder unreachable; 7 verification
-/// failed. On codes 2, 3, 4 and 6 nothing has been written to the target.
-#[derive(Debug, Parser, Default)]
-#[command(name = "receiver", version, about, long_about = None)]
-pub struct Cli {
-    /// Manifest: a file, or an http:// URL printed by the seeder.
-    #[arg(long, env = "RECEIVER_MANIFEST")]
-    pub manifest: Option<String>,
-
-    /// Target block device (or image file) to write. Must be at least the source's size.
-    #[arg(long, env = "RECEIVER_TARGET")]
-    pub target: Option<PathBuf>,
-
-    /// KEY=VALUE settings file (MANIFEST=, TARGET=, LISTEN=, SEED_AFTER=, VERIFY=,
-    /// RESUME=, TRACKER=, RETRY_FOR=), as a rescue/PXE system would pass them. The command
-    /// line wins.
-    #[arg(long, env = "RECEIVER_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// BitTorrent listen address [default: 0.0.0.0:6881].
-    #[arg(long, env = "RECEIVER_LISTEN")]
-    pub listen: Option<SocketAddr>,
-
-    /// After completion keep seeding until the seeder says the swarm is done, or this long
-    /// at most [default: 30m].
-    #[arg(long, env = "RECEIVER_SEED_AFTER", value_parser = parse_duration)]
-    pub seed_after: Option<Duration>,
-
-    /// Re-read every piece from the target and re-hash it, its cached pages dropped first so
-    /// the reads come from the device; done in passes during the download (after each
-    /// flush), the rest at the end.
-    #[arg(long, env = "RECEIVER_VERIFY")]
-    pub verify: bool,
-
-    /// Do not scan the target for pieces already present (a fresh target: saves one read).
-    #[arg(long, env = "RECEIVER_NO_RESUME")]
-    pub no_resume: bool,
-
-    /// Announce to this tracker instead of the manifest's.
-    #[arg(long, env = "RECEIVER_TRACKER")]
-    pub tracker: Option<String>,
-
-    /// Also connect to this peer (IP:PORT; repeatable). With --peer the tracker is optional.
-    #[arg(long = "peer", env = "RECEIVER_PEERS", value_delimiter = ',')]
-    pub peers: Vec<SocketAddr>,
-
-    /// Keep retrying an unreachable seeder (manifest URL, tracker) this long before giving
-    /// up [default: 60s].
-    #[arg(long, env = "RECEIVER_RETRY_FOR", value_parser = parse_duration)]
-    pub retry_for: Option<Duration>,
-
-    /// No progress bar.
-    #[arg(short, long, env = "RECEIVER_QUIET")]
-    pub quiet: bool,
-
-    /// More logs (-v info, -vv debug). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-}
-
-/// Receiver failures, each with its documented exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum ReceiverError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    BadManifest(String),
-    #[error("{0}")]
-    BadTarget(String),
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Verify(String),
-    #[error("{0}")]
-    Failure(String),
-}
-
-impl ReceiverError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ReceiverError::Usage(_) => exit::USAGE,
-            ReceiverError::BadManifest(_) => exit::BAD_INPUT,
-            ReceiverError::BadTarget(_) => exit::BAD_TARGET,
-            ReceiverError::Unreachable(_) => exit::UNREACHABLE,
-            ReceiverError::Verify(_) => exit::VERIFY_FAILED,
-            ReceiverError::Failure(_) => exit::FAILURE,
-        }
-    }
-}
-
-/// Settings after merging the config file under the command line.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub manifest: String,
-    pub target: PathBuf,
-    pub listen: SocketAddr,
-    pub seed_after: Duration,
-    pub verify: bool,
-    pub resume: bool,
-    pub tracker: Option<String>,
-    pub peers: Vec<SocketAddr>,
-    pub retry_for: Duration,
-    pub quiet: bool,
-}
-
-fn truthy(v: &str) -> Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "yes" | "true" | "on" => Ok(true),
-        "0" | "no" | "false" | "off" | "" => Ok(false),
-        other => Err(format!("not a yes/no value: {other:?}")),
-    }
-}
-
-impl Settings {
-    pub fn resolve(cli: &Cli) -> Result<Settings, ReceiverError> {
-        let mut file = Cli::default();
-        let (mut f_verify, mut f_resume) = (None, None);
-        if let Some(path) = &cli.config {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ReceiverError::Usage(format!("cannot read config {}: {e}", path.display()))
-            })?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let err =
-                    |m: String| ReceiverError::Usage(format!("{}:{}: {m}", path.display(), n + 1));
-                let (k, v) = line
-                    .split_once('=')
-                    .ok_or_else(|| err("expected KEY=VALUE".into()))?;
-                let v = v.trim().trim_matches('"');
-                match k.trim() {
-                    "MANIFEST" => file.manifest = Some(v.into()),
-                    "TARGET" => file.target = Some(v.into()),
-                    "LISTEN" => {
-                        file.listen = Some(v.parse().map_err(|_| err(format!("bad LISTEN {v:?}")))?)
-                    }
-                    "SEED_AFTER" => file.seed_after = Some(parse_duration(v).map_err(err)?),
-                    "RETRY_FOR" => file.retry_for = Some(parse_duration(v).map_err(err)?),
-                    "TRACKER" => file.tracker = Some(v.into()),
-                    "PEERS" => {
-                        file.peers = v
-                            .split(',')
-                            .map(|p| p.trim().parse())
-                            .collect::<Result<_, _>>()
-                            .map_err(|_| err(format!("bad PEERS {v:?}")))?
-                    }
-                    "VERIFY" => f_verify = Some(truthy(v).map_err(err)?),
-                    "RESUME" => f_resume = Some(truthy(v).map_err(err)?),
-                    other => return Err(err(format!("unknown key {other:?}"))),
-                }
-            }
-        }
-        let manifest =
-            cli.manifest.clone().or(file.manifest).ok_or_else(|| {
-                ReceiverError::Usage("no manifest: pass --manifest FILE|URL".into())
-            })?;
-        let target = cli
-            .target
-            .clone()
-            .or(file.target)
-            .ok_or_else(|| ReceiverError::Usage("no target: pass --target DEV".into()))?;
-        Ok(Settings {
-            manifest,
-            target,
-            listen: cli
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "0.0.0.0:6881".parse().expect("valid")),
-            seed_after: cli
-                .seed_after
-                .or(file.seed_after)
-                .unwrap_or(Duration::from_secs(1800)),
-            verify: cli.verify || f_verify.unwrap_or(false),
-            resume: !cli.no_resume && f_resume.unwrap_or(true),
-            tracker: cli.tracker.clone().or(file.tracker),
-            peers: if cli.peers.is_empty() {
-                file.peers
-            } else {
-                cli.peers.clone()
-            },
-            retry_for: cli
-                .retry_for
-                .or(file.retry_for)
-                .unwrap_or(Duration::from_secs(60)),
-            quiet: cli.quiet,
-        })
-    }
-}
+pub use settings::{parse_duration, Cli, ReceiverError, Settings};
+use verify::{piece_ok, Verifier, VERIFY_BATCH};
 
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
@@ -274,103 +66,6 @@ async fn fetch_manifest(
     }
 }
 
-/// Opens the target after every check; nothing is written here.
-fn open_target(
-    s: &Settings,
-    m: &Manifest,
-    source_may_be_local: bool,
-) -> Result<File, ReceiverError> {
-    let t = &s.target;
-    if !t.exists() {
-        return Err(ReceiverError::BadTarget(format!(
-            "target {} does not exist",
-            t.display()
-        )));
-    }
-    let source = m
-        .source
-        .as_deref()
-        .map(Path::new)
-        .filter(|p| source_may_be_local && p.exists());
-    let f = device::open_target(t, m.map.device_size(), source, false)
-        .map_err(|e| ReceiverError::BadTarget(e.to_string()))?;
-    // The seeder holds a shared lock on its source, and every receiver an exclusive lock on
-    // its target: this refuses the source device and a second receiver on the same target.
-    if let Err(e) = f.try_lock() {
-        return Err(ReceiverError::BadTarget(format!(
-            "target {} is in use by another process (a seeder serving it, or another receiver): {e}",
-            t.display()
-        )));
-    }
-    Ok(f)
-}
-
-fn piece_ok(
-    storage: &dyn Storage,
-    m: &Manifest,
-    i: u32,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    let (off, len) = m.piece_range(i);
-    buf.resize(len as usize, 0);
-    storage.read_at(off, buf)?;
-    Ok(<[u8; 20]>::from(Sha1::digest(&buf[..])) == m.piece_hashes[i as usize])
-}
-
-/// `--verify`: re-reads pieces from the device itself and re-hashes them. During the
-/// download it works in passes: fdatasync the target, then for every piece written since the
-/// last pass drop its cached pages and read it back. So the final check after the last
-/// flush covers only the pieces of the last few seconds instead of the whole target.
-struct Verifier {
-    storage: Arc<dyn Storage>,
-    m: Arc<Manifest>,
-    checked: Vec<bool>,
-    bad: Vec<u32>,
-    buf: Vec<u8>,
-}
-
-/// Bytes of unchecked pieces that start a pass during the download.
-const VERIFY_BATCH: u64 = 32 << 20;
-
-impl Verifier {
-    fn new(storage: Arc<dyn Storage>, m: Arc<Manifest>) -> Self {
-        let n = m.num_pieces() as usize;
-        Self {
-            storage,
-            m,
-            checked: vec![false; n],
-            bad: Vec::new(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Bytes of pieces in `have` not checked yet.
-    fn pending(&self, have: &[bool]) -> u64 {
-        (0..self.checked.len())
-            .filter(|&i| have[i] && !self.checked[i])
-            .map(|i| self.m.piece_range(i as u32).1)
-            .sum()
-    }
-
-    /// Flushes the target, then checks every piece in `have` not checked yet against the
-    /// device. A piece that does not match is recorded in `bad`.
-    fn pass(&mut self, have: &[bool]) -> std::io::Result<()> {
-        self.storage.sync()?;
-        for (i, (&has, checked)) in have.iter().zip(self.checked.iter_mut()).enumerate() {
-            if !has || *checked {
-                continue;
-            }
-            let (off, len) = self.m.piece_range(i as u32);
-            self.storage.drop_cache(off, len)?;
-            if !piece_ok(&*self.storage, &self.m, i as u32, &mut self.buf)? {
-                self.bad.push(i as u32);
-            }
-            *checked = true;
-        }
-        Ok(())
-    }
-}
-
 /// Runs the receiver to completion.
 pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     let s = Settings::resolve(&cli)?;
@@ -388,9 +83,18 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             "the manifest names no tracker: fetch it from the seeder's URL, or pass --tracker or --peer".into(),
         ));
     }
-    let file = open_target(&s, &m, source_may_be_local)?;
+    let source = m
+        .source
+        .as_deref()
+        .map(Path::new)
+        .filter(|p| source_may_be_local && p.exists());
+    let target_path = target::resolve(&s, &m, source)?;
+    let file = target::open(&target_path, &m, source)?;
+    let finish_file = file
+        .try_clone()
+        .map_err(|e| ReceiverError::Failure(format!("{}: {e}", target_path.display())))?;
     let storage: Arc<dyn Storage> =
-        Arc::new(DeviceStorage::new(file, s.target.clone(), m.map.clone()));
+        Arc::new(DeviceStorage::new(file, target_path.clone(), m.map.clone()));
 
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -420,7 +124,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         opts,
     )
     .map_err(|e| ReceiverError::Failure(e.to_string()))?;
-    info!(target = %s.target.display(), pieces = n, "receiver started");
+    info!(target = %target_path.display(), pieces = n, "receiver started");
 
     // Resume: pieces already correct on the target count as done. Runs beside the download.
     if s.resume {
@@ -582,7 +286,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s)",
-        s.target.display(),
+        target_path.display(),
         m.total_length(),
         m.total_length() as f64 / 1048576.0 / secs.max(1e-9)
     );
@@ -619,6 +323,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     // Seed until the seeder says the swarm is done, the seed time runs out, or the seeder is
     // gone for 30 s.
     let seed_start = Instant::now();
+    let mut seed_error = None;
     loop {
         if *done_rx.borrow() {
             break;
@@ -632,11 +337,18 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             break;
         }
         if let Some(e) = swarm.fatal_error() {
-            return Err(ReceiverError::Failure(e));
+            seed_error = Some(e);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     swarm.disconnect_all();
+    // A whole disk gets its partition table for this target's size once no peer reads
+    // pieces from it any more (the GPT's primary header is in a piece).
+    target::finish_disk(finish_file, &target_path, &m)?;
+    if let Some(e) = seed_error {
+        return Err(ReceiverError::Failure(e));
+    }
     if let Some(url) = &announce_url {
         let _ = tracker::announce(
             &Announce {
@@ -655,123 +367,4 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         .await;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use blockswarm_manifest::{Extent, ExtentMap};
-    use std::os::unix::fs::FileExt;
-
-    /// The verifier reads the device: a loop device whose backing file goes bad after the
-    /// pieces were written and flushed (its page cache still holding the good data) fails
-    /// exactly the corrupted piece, and pieces checked in an earlier pass are not re-read.
-    #[test]
-    fn verifier_checks_pieces_against_the_device_in_passes() {
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("backing.img");
-        std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
-        let Some(lo) = blockswarm_swarm::test_support::LoopDevice::attach(&backing) else {
-            return;
-        };
-        let dev = lo.path.clone();
-        let piece = 16384u32;
-        let data: Vec<u8> = (0..4 * piece).map(|i| (i % 253) as u8).collect();
-        let map = ExtentMap::new(1 << 20, vec![Extent::new(8192, 4 * piece as u64)]).unwrap();
-        let m = Arc::new(Manifest {
-            name: "t".into(),
-            piece_length: piece,
-            piece_hashes: data
-                .chunks(piece as usize)
-                .map(|c| Sha1::digest(c).into())
-                .collect(),
-            fs_type: "dd".into(),
-            block_size: 4096,
-            map: Arc::new(map),
-            announce: None,
-            source: None,
-            created_by: None,
-            creation_date: None,
-        });
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&dev)
-            .unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(DeviceStorage::new(f, dev.clone(), m.map.clone()));
-        let mut v = Verifier::new(storage.clone(), m.clone());
-        storage.write_at(0, &data[..2 * piece as usize]).unwrap();
-        let have = [true, true, false, false];
-        assert_eq!(v.pending(&have), 2 * piece as u64);
-        v.pass(&have).unwrap();
-        assert!(v.bad.is_empty());
-        assert_eq!(v.pending(&have), 0);
-        storage
-            .write_at(2 * piece as u64, &data[2 * piece as usize..])
-            .unwrap();
-        storage.sync().unwrap();
-        // Pieces 0 and 3 go bad on the "disk" (device offset 8192 + piece offset).
-        let b = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&backing)
-            .unwrap();
-        for p in [0u64, 3] {
-            b.write_all_at(&[0xEE; 100], 8192 + p * piece as u64 + 50)
-                .unwrap();
-        }
-        b.sync_all().unwrap();
-        v.pass(&[true; 4]).unwrap();
-        assert_eq!(
-            v.bad,
-            vec![3],
-            "piece 3 read from the device; piece 0 not re-read"
-        );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-1").is_err());
-    }
-
-    #[test]
-    fn config_file_fills_what_the_command_line_leaves_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.conf");
-        std::fs::write(
-            &p,
-            "# rescue config\nMANIFEST=http://10.0.0.1:6880/x.torrent\nTARGET=/dev/sda1\nLISTEN=0.0.0.0:7000\nSEED_AFTER=5m\nVERIFY=yes\n",
-        )
-        .unwrap();
-        let cli = Cli {
-            config: Some(p.clone()),
-            target: Some("/dev/sdb1".into()),
-            ..Default::default()
-        };
-        let s = Settings::resolve(&cli).unwrap();
-        assert_eq!(s.manifest, "http://10.0.0.1:6880/x.torrent");
-        assert_eq!(s.target, PathBuf::from("/dev/sdb1"), "command line wins");
-        assert_eq!(s.listen.port(), 7000);
-        assert_eq!(s.seed_after, Duration::from_secs(300));
-        assert!(s.verify);
-        std::fs::write(&p, "BOGUS=1\n").unwrap();
-        let cli = Cli {
-            config: Some(p),
-            ..Default::default()
-        };
-        assert!(matches!(
-            Settings::resolve(&cli),
-            Err(ReceiverError::Usage(_))
-        ));
-    }
-
-    #[test]
-    fn cli_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
 }

@@ -439,8 +439,17 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         m.total_length(),
         m.num_pieces()
     );
+    // A whole disk goes onto a whole disk (`auto`: the only one that fits), a partition onto
+    // a partition.
+    let target_hint = match &m.disk {
+        Some(d) => format!(
+            "auto    (or a whole disk of {} bytes or more: {} table)",
+            d.min_size, d.table
+        ),
+        None => "/dev/TARGET".into(),
+    };
     eprintln!(
-        "seeder: on each target run:  receiver --manifest {manifest_url} --target /dev/TARGET"
+        "seeder: on each target run:  receiver --manifest {manifest_url} --target {target_hint}"
     );
     info!(%manifest_url, %announce_url, bt = %my_bt, "seeder ready");
 

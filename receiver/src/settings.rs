@@ -1,0 +1,301 @@
+//! The receiver's command line, its config file (KEY=VALUE, as a rescue system passes it) and
+//! the settings they resolve to; the errors and their exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blockswarm_manifest::exit;
+use clap::Parser;
+
+/// Parses durations like `90s`, `10m`, `1h`, `0` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1.0),
+        Some('m') => (&t[..t.len() - 1], 60.0),
+        Some('h') => (&t[..t.len() - 1], 3600.0),
+        _ => (t.as_str(), 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (examples: 90s, 10m, 1h)"))?;
+    if !(0.0..=1e9).contains(&v) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// Receives a blockswarm deployment onto a target device.
+///
+/// Exit codes: 0 done and verified; 1 runtime failure; 2 usage; 3 bad manifest; 4 bad target
+/// (too small, mounted, the source, in use, missing); 6 seeder unreachable; 7 verification
+/// failed. On codes 2, 3, 4 and 6 nothing has been written to the target.
+#[derive(Debug, Parser, Default)]
+#[command(name = "receiver", version, about, long_about = None)]
+pub struct Cli {
+    /// Manifest: a file, or an http:// URL printed by the seeder.
+    #[arg(long, env = "RECEIVER_MANIFEST")]
+    pub manifest: Option<String>,
+
+    /// Target block device (or image file) to write: at least the source's size, or for a
+    /// whole-disk manifest the end of its last partition. `auto`: the only whole disk on this
+    /// machine that is large enough, not removable, not read-only and not in use (mounted,
+    /// holding a mounted partition, or the source); refused, listing the candidates with size,
+    /// model and serial, when there is none or more than one.
+    #[arg(long, env = "RECEIVER_TARGET")]
+    pub target: Option<PathBuf>,
+
+    /// With `--target auto`: choose only among these devices (comma-separated), not among
+    /// every disk of the machine.
+    #[arg(
+        long,
+        env = "RECEIVER_AUTO_FROM",
+        value_delimiter = ',',
+        value_name = "DEV,..."
+    )]
+    pub auto_from: Vec<PathBuf>,
+
+    /// KEY=VALUE settings file (MANIFEST=, TARGET=, AUTO_FROM=, LISTEN=, SEED_AFTER=, VERIFY=,
+    /// RESUME=, TRACKER=, PEERS=, RETRY_FOR=), as a rescue/PXE system would pass them. The command
+    /// line wins.
+    #[arg(long, env = "RECEIVER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// BitTorrent listen address [default: 0.0.0.0:6881].
+    #[arg(long, env = "RECEIVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// After completion keep seeding until the seeder says the swarm is done, or this long
+    /// at most [default: 30m].
+    #[arg(long, env = "RECEIVER_SEED_AFTER", value_parser = parse_duration)]
+    pub seed_after: Option<Duration>,
+
+    /// Re-read every piece from the target and re-hash it, its cached pages dropped first so
+    /// the reads come from the device; done in passes during the download (after each
+    /// flush), the rest at the end.
+    #[arg(long, env = "RECEIVER_VERIFY")]
+    pub verify: bool,
+
+    /// Do not scan the target for pieces already present (a fresh target: saves one read).
+    #[arg(long, env = "RECEIVER_NO_RESUME")]
+    pub no_resume: bool,
+
+    /// Announce to this tracker instead of the manifest's.
+    #[arg(long, env = "RECEIVER_TRACKER")]
+    pub tracker: Option<String>,
+
+    /// Also connect to this peer (IP:PORT; repeatable). With --peer the tracker is optional.
+    #[arg(long = "peer", env = "RECEIVER_PEERS", value_delimiter = ',')]
+    pub peers: Vec<SocketAddr>,
+
+    /// Keep retrying an unreachable seeder (manifest URL, tracker) this long before giving
+    /// up [default: 60s].
+    #[arg(long, env = "RECEIVER_RETRY_FOR", value_parser = parse_duration)]
+    pub retry_for: Option<Duration>,
+
+    /// No progress bar.
+    #[arg(short, long, env = "RECEIVER_QUIET")]
+    pub quiet: bool,
+
+    /// More logs (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Receiver failures, each with its documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    BadManifest(String),
+    #[error("{0}")]
+    BadTarget(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Verify(String),
+    #[error("{0}")]
+    Failure(String),
+}
+
+impl ReceiverError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReceiverError::Usage(_) => exit::USAGE,
+            ReceiverError::BadManifest(_) => exit::BAD_INPUT,
+            ReceiverError::BadTarget(_) => exit::BAD_TARGET,
+            ReceiverError::Unreachable(_) => exit::UNREACHABLE,
+            ReceiverError::Verify(_) => exit::VERIFY_FAILED,
+            ReceiverError::Failure(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// Settings after merging the config file under the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub manifest: String,
+    /// A device or file, or `auto` (see [`Settings::target_is_auto`]).
+    pub target: PathBuf,
+    pub auto_from: Vec<PathBuf>,
+    pub listen: SocketAddr,
+    pub seed_after: Duration,
+    pub verify: bool,
+    pub resume: bool,
+    pub tracker: Option<String>,
+    pub peers: Vec<SocketAddr>,
+    pub retry_for: Duration,
+    pub quiet: bool,
+}
+
+fn truthy(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Ok(true),
+        "0" | "no" | "false" | "off" | "" => Ok(false),
+        other => Err(format!("not a yes/no value: {other:?}")),
+    }
+}
+
+impl Settings {
+    /// True for `--target auto`.
+    pub fn target_is_auto(&self) -> bool {
+        self.target.as_os_str() == "auto"
+    }
+
+    pub fn resolve(cli: &Cli) -> Result<Settings, ReceiverError> {
+        let mut file = Cli::default();
+        let (mut f_verify, mut f_resume) = (None, None);
+        if let Some(path) = &cli.config {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ReceiverError::Usage(format!("cannot read config {}: {e}", path.display()))
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let err =
+                    |m: String| ReceiverError::Usage(format!("{}:{}: {m}", path.display(), n + 1));
+                let (k, v) = line
+                    .split_once('=')
+                    .ok_or_else(|| err("expected KEY=VALUE".into()))?;
+                let v = v.trim().trim_matches('"');
+                match k.trim() {
+                    "MANIFEST" => file.manifest = Some(v.into()),
+                    "TARGET" => file.target = Some(v.into()),
+                    "AUTO_FROM" => file.auto_from = v.split(',').map(|p| p.trim().into()).collect(),
+                    "LISTEN" => {
+                        file.listen = Some(v.parse().map_err(|_| err(format!("bad LISTEN {v:?}")))?)
+                    }
+                    "SEED_AFTER" => file.seed_after = Some(parse_duration(v).map_err(err)?),
+                    "RETRY_FOR" => file.retry_for = Some(parse_duration(v).map_err(err)?),
+                    "TRACKER" => file.tracker = Some(v.into()),
+                    "PEERS" => {
+                        file.peers = v
+                            .split(',')
+                            .map(|p| p.trim().parse())
+                            .collect::<Result<_, _>>()
+                            .map_err(|_| err(format!("bad PEERS {v:?}")))?
+                    }
+                    "VERIFY" => f_verify = Some(truthy(v).map_err(err)?),
+                    "RESUME" => f_resume = Some(truthy(v).map_err(err)?),
+                    other => return Err(err(format!("unknown key {other:?}"))),
+                }
+            }
+        }
+        let manifest =
+            cli.manifest.clone().or(file.manifest).ok_or_else(|| {
+                ReceiverError::Usage("no manifest: pass --manifest FILE|URL".into())
+            })?;
+        let target = cli
+            .target
+            .clone()
+            .or(file.target)
+            .ok_or_else(|| ReceiverError::Usage("no target: pass --target DEV".into()))?;
+        Ok(Settings {
+            manifest,
+            target,
+            auto_from: if cli.auto_from.is_empty() {
+                file.auto_from
+            } else {
+                cli.auto_from.clone()
+            },
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "0.0.0.0:6881".parse().expect("valid")),
+            seed_after: cli
+                .seed_after
+                .or(file.seed_after)
+                .unwrap_or(Duration::from_secs(1800)),
+            verify: cli.verify || f_verify.unwrap_or(false),
+            resume: !cli.no_resume && f_resume.unwrap_or(true),
+            tracker: cli.tracker.clone().or(file.tracker),
+            peers: if cli.peers.is_empty() {
+                file.peers
+            } else {
+                cli.peers.clone()
+            },
+            retry_for: cli
+                .retry_for
+                .or(file.retry_for)
+                .unwrap_or(Duration::from_secs(60)),
+            quiet: cli.quiet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn config_file_fills_what_the_command_line_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.conf");
+        std::fs::write(
+            &p,
+            "# rescue config\nMANIFEST=http://10.0.0.1:6880/x.torrent\nTARGET=/dev/sda1\nLISTEN=0.0.0.0:7000\nSEED_AFTER=5m\nVERIFY=yes\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(p.clone()),
+            target: Some("/dev/sdb1".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&cli).unwrap();
+        assert_eq!(s.manifest, "http://10.0.0.1:6880/x.torrent");
+        assert_eq!(s.target, PathBuf::from("/dev/sdb1"), "command line wins");
+        assert_eq!(s.listen.port(), 7000);
+        assert_eq!(s.seed_after, Duration::from_secs(300));
+        assert!(s.verify);
+        std::fs::write(&p, "BOGUS=1\n").unwrap();
+        let cli = Cli {
+            config: Some(p),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Settings::resolve(&cli),
+            Err(ReceiverError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
