@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod boot;
+pub mod disk;
 pub mod evil_peer;
 
 use std::path::{Path, PathBuf};

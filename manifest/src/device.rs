@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum TargetError {
     #[error("cannot open target {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("target {path} is {have} bytes, smaller than the source's {need} bytes")]
+    #[error("target {path} is {have} bytes, smaller than the source needs: {need} bytes (a partition: its size; a whole disk: the end of its last partition, and the backup GPT)")]
     TooSmall { path: PathBuf, have: u64, need: u64 },
     #[error("target {path} is mounted on {mountpoint}: unmount it first")]
     Mounted { path: PathBuf, mountpoint: String },
