@@ -237,7 +237,7 @@ fn a_finished_disk_clone_resumes_and_fetches_only_the_rewritten_table() {
         } else {
             let manifest = mpath.to_str().unwrap();
             let extra = ["--verify", "--tracker", &tracker, "--retry-for", "120s"];
-            let mut r = receiver(&ip(2), manifest, &t, &extra, d, "r1");
+            let r = receiver(&ip(2), manifest, &t, &extra, d, "r1");
             assert!(
                 wait_until(T, || r.stderr_text().contains("resume scan finished")),
                 "no resume scan:\n{}",
