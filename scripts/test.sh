@@ -13,5 +13,9 @@ echo "== tests" && cargo test --workspace 2>&1 | tee /tmp/blockswarm-test.log
 echo "== partclone-sys without the ntfs feature" && cargo test -p partclone-sys --test errors
 echo "== static receiver" && bash scripts/build-static-receiver.sh
 # One summary line for CI readers.
-passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' /tmp/blockswarm-test.log | awk '{s+=$4} END {print s+0}')
-echo "blockswarm: ${passed} passed, 0 failed"
+# Counted from cargo's own result lines (a failing test has already stopped the script above
+# through pipefail; the count is still read, not assumed).
+counts=$(grep -E '^test result: ' /tmp/blockswarm-test.log | awk '{p+=$4; f+=$6} END {print p+0, f+0}')
+read -r passed failed <<<"$counts"
+echo "blockswarm: ${passed} passed, ${failed} failed"
+[ "$failed" -eq 0 ]
