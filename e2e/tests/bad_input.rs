@@ -225,6 +225,42 @@ fn mounted_target_is_refused() {
     assert!(e.contains("mounted"), "{e}");
 }
 
+/// A loop device in use as active swap is held by the kernel but mounted nowhere: only the
+/// O_EXCL open sees it. Exit 4, nothing written.
+#[test]
+fn active_swap_target_is_refused() {
+    let f = fixture(36, 4);
+    let backing = f.d.join("swap.img");
+    random_target(&backing, f.m.map.device_size(), 36);
+    let out = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
+    let dev = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    struct Detach(std::path::PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    run_ok(Command::new("mkswap").arg(&dev));
+    run_ok(Command::new("swapon").arg(&dev));
+    // Dropped before the detach guard (reverse declaration order).
+    struct SwapOff(std::path::PathBuf);
+    impl Drop for SwapOff {
+        fn drop(&mut self) {
+            let _ = Command::new("swapoff").arg(&self.0).status();
+        }
+    }
+    let _swapoff = SwapOff(dev.clone());
+    let mp = f.mpath.to_str().unwrap();
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &dev,
+        exit::BAD_TARGET,
+        "active swap",
+    );
+    assert!(e.contains("in use by the kernel"), "{e}");
+}
+
 #[test]
 fn unreachable_seeder_gives_up_with_exit_6_and_target_untouched() {
     let f = fixture(35, 4);
