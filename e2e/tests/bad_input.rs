@@ -419,3 +419,125 @@ fn receiver_killed_half_way_resumes_and_finishes_correct() {
     );
     assert_same_ext4(&f.img, &t, &f.m, &f.files);
 }
+
+/// GET `url` from a socket bound to `from` (a plain announce, as `curl --interface` would).
+fn get_from(url: &str, from: &str) -> Option<Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(blockswarm_swarm::http::get(
+        url,
+        Some(from.parse().unwrap()),
+        Duration::from_secs(5),
+    ))
+    .ok()
+}
+
+/// `seeder --expect 2` counts only receivers it has exchanged data with: two bare announces
+/// with `left=0` complete nobody, a `stopped` event with a real receiver's peer id sent from
+/// another address removes nobody, and the two real receivers then complete and the seeder
+/// exits 0 having uploaded data.
+#[test]
+fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
+    let f = fixture(41, 8);
+    let d = &f.d;
+    let ip = |h: u8| format!("127.0.41.{h}");
+    let mut seeder = seeder(
+        &ip(1),
+        &f.mpath,
+        &["--expect", "2", "--upload-limit", "2M"],
+        d,
+        "seeder",
+    );
+    let status_url = format!("http://{}:6880/status", ip(1));
+    let status =
+        || http_get(&status_url).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    assert!(
+        wait_until(T, || status().is_some()),
+        "seeder never served /status"
+    );
+    let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
+    let announce = |from: &str, pid: &[u8; 20], extra: &str| {
+        let url = format!(
+            "http://{}:6880/announce?info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
+            ip(1),
+            blockswarm_swarm::http::percent_encode(pid)
+        );
+        get_from(&url, from).expect("tracker reply")
+    };
+    for h in [7u8, 8] {
+        let mut pid = *b"-FAKE0-0123456789abc";
+        pid[19] = h;
+        // `ip=` names a real receiver's address: it must be ignored too.
+        announce(&ip(h), &pid, &format!("&event=completed&ip={}", ip(2)));
+    }
+    let st = status().unwrap();
+    let fakes = st["receivers"].as_array().unwrap();
+    assert_eq!(fakes.len(), 2, "{st}");
+    for r in fakes {
+        assert!(
+            !r["addr"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", ip(2))),
+            "ip= honoured: {st}"
+        );
+    }
+    assert_eq!(
+        st["completed"], 0,
+        "bare announces counted as complete: {st}"
+    );
+
+    let url = manifest_url(&ip(1), &f.m);
+    let mut rs = start_receivers(41, 2..=3, &url, &f.m, &[], d, 410);
+    // Once receiver 2 has registered, a stranger sends `stopped` with its peer id.
+    let mut real_id = String::new();
+    assert!(
+        wait_until(T, || {
+            let st = status().unwrap_or_default();
+            for r in st["receivers"].as_array().into_iter().flatten() {
+                if r["addr"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("{}:", ip(2)))
+                {
+                    real_id = r["peer_id"].as_str().unwrap().to_string();
+                    return true;
+                }
+            }
+            false
+        }),
+        "receiver 2 never announced"
+    );
+    let pid: [u8; 20] = hex::decode(&real_id).unwrap().try_into().unwrap();
+    announce(&ip(9), &pid, "&event=stopped");
+    let st = status().unwrap();
+    let r2 = st["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["peer_id"] == real_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        r2["gone"], false,
+        "a copied stopped event removed a real receiver: {st}"
+    );
+    assert!(
+        r2["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", ip(2))),
+        "{st}"
+    );
+
+    wait_all_ok(&mut rs, T);
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    let fin = seeder_status(&seeder);
+    assert_eq!(fin["completed"], 2, "{fin}");
+    assert!(fin["uploaded"].as_u64().unwrap() > 0, "{fin}");
+    for (t, _) in &rs {
+        assert_same_ext4(&f.img, t, &f.m, &f.files);
+    }
+}

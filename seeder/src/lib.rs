@@ -296,6 +296,16 @@ struct App {
     swarm: Swarm,
     seeder_id: [u8; 20],
     expect: Option<u64>,
+    /// Peer ids seen in a BitTorrent handshake with us: what `--expect` may count.
+    seen: std::sync::Mutex<std::collections::HashMap<String, SeenPeer>>,
+}
+
+/// What our own connections showed of a peer id (kept after it disconnects).
+#[derive(Debug, Clone, Copy)]
+struct SeenPeer {
+    ip: IpAddr,
+    /// It received data from us, or holds every piece (its HAVE/bitfield).
+    took_part: bool,
 }
 
 impl App {
@@ -319,23 +329,50 @@ impl App {
 
     /// Receivers complete and still needing data, by peer id: what the tracker heard, joined
     /// with what our own connections show (with an external tracker only the latter).
+    ///
+    /// An announce alone counts for nothing: a receiver is complete only when its peer id
+    /// was seen in a handshake with us from the address it announced from, and it received
+    /// data from us or holds every piece. (`curl .../announce?left=0` completes nobody.)
     fn progress(&self) -> (usize, usize) {
+        let stats = self.swarm.stats();
+        let mut seen = self.seen.lock().expect("seen lock");
+        for p in &stats.peers {
+            let Ok(addr) = p.addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            let e = seen.entry(p.peer_id.clone()).or_insert(SeenPeer {
+                ip: addr.ip(),
+                took_part: false,
+            });
+            if e.ip == addr.ip() {
+                e.took_part |= p.complete || p.uploaded_to > 0;
+            }
+        }
+        let verified =
+            |id: &str, ip: IpAddr| seen.get(id).is_some_and(|s| s.ip == ip && s.took_part);
         let mut done = std::collections::HashSet::new();
         let mut pending = std::collections::HashSet::new();
         for r in self.receivers() {
+            let Ok(addr) = r.addr.parse::<SocketAddr>() else {
+                continue;
+            };
             if r.completed {
-                done.insert(r.peer_id);
+                // Unverified claims of completion are ignored, neither done nor pending.
+                if verified(&r.peer_id, addr.ip()) {
+                    done.insert(r.peer_id);
+                }
             } else if !r.gone {
                 pending.insert(r.peer_id);
             }
         }
-        for p in self.swarm.stats().peers {
+        for p in &stats.peers {
             if p.complete {
-                done.insert(p.peer_id);
+                done.insert(p.peer_id.clone());
             } else {
-                pending.insert(p.peer_id);
+                pending.insert(p.peer_id.clone());
             }
         }
+        drop(seen);
         pending.retain(|id| !done.contains(id));
         (done.len(), pending.len())
     }
@@ -438,6 +475,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         swarm: swarm.clone(),
         seeder_id: peer_id,
         expect: cli.expect,
+        seen: Default::default(),
     });
     let handler_app = app.clone();
     tokio::spawn(http::serve(
