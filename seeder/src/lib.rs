@@ -36,7 +36,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("not a size: {s:?} (examples: 12M, 500k, 1G)"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("size must be positive: {s:?}"));
     }
     let bytes = v * mult as f64;
