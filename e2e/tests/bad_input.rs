@@ -225,6 +225,42 @@ fn mounted_target_is_refused() {
     assert!(e.contains("mounted"), "{e}");
 }
 
+/// A loop device in use as active swap is held by the kernel but mounted nowhere: only the
+/// O_EXCL open sees it. Exit 4, nothing written.
+#[test]
+fn active_swap_target_is_refused() {
+    let f = fixture(36, 4);
+    let backing = f.d.join("swap.img");
+    random_target(&backing, f.m.map.device_size(), 36);
+    let out = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
+    let dev = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    struct Detach(std::path::PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    run_ok(Command::new("mkswap").arg(&dev));
+    run_ok(Command::new("swapon").arg(&dev));
+    // Dropped before the detach guard (reverse declaration order).
+    struct SwapOff(std::path::PathBuf);
+    impl Drop for SwapOff {
+        fn drop(&mut self) {
+            let _ = Command::new("swapoff").arg(&self.0).status();
+        }
+    }
+    let _swapoff = SwapOff(dev.clone());
+    let mp = f.mpath.to_str().unwrap();
+    let e = expect_refusal(
+        &["--manifest", mp, "--peer", "127.0.31.1:1"],
+        &dev,
+        exit::BAD_TARGET,
+        "active swap",
+    );
+    assert!(e.contains("in use by the kernel"), "{e}");
+}
+
 #[test]
 fn unreachable_seeder_gives_up_with_exit_6_and_target_untouched() {
     let f = fixture(35, 4);
@@ -382,4 +418,126 @@ fn receiver_killed_half_way_resumes_and_finishes_correct() {
         f.m.num_pieces()
     );
     assert_same_ext4(&f.img, &t, &f.m, &f.files);
+}
+
+/// GET `url` from a socket bound to `from` (a plain announce, as `curl --interface` would).
+fn get_from(url: &str, from: &str) -> Option<Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(blockswarm_swarm::http::get(
+        url,
+        Some(from.parse().unwrap()),
+        Duration::from_secs(5),
+    ))
+    .ok()
+}
+
+/// `seeder --expect 2` counts only receivers it has exchanged data with: two bare announces
+/// with `left=0` complete nobody, a `stopped` event with a real receiver's peer id sent from
+/// another address removes nobody, and the two real receivers then complete and the seeder
+/// exits 0 having uploaded data.
+#[test]
+fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
+    let f = fixture(41, 8);
+    let d = &f.d;
+    let ip = |h: u8| format!("127.0.41.{h}");
+    let mut seeder = seeder(
+        &ip(1),
+        &f.mpath,
+        &["--expect", "2", "--upload-limit", "2M"],
+        d,
+        "seeder",
+    );
+    let status_url = format!("http://{}:6880/status", ip(1));
+    let status =
+        || http_get(&status_url).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    assert!(
+        wait_until(T, || status().is_some()),
+        "seeder never served /status"
+    );
+    let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
+    let announce = |from: &str, pid: &[u8; 20], extra: &str| {
+        let url = format!(
+            "http://{}:6880/announce?info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
+            ip(1),
+            blockswarm_swarm::http::percent_encode(pid)
+        );
+        get_from(&url, from).expect("tracker reply")
+    };
+    for h in [7u8, 8] {
+        let mut pid = *b"-FAKE0-0123456789abc";
+        pid[19] = h;
+        // `ip=` names a real receiver's address: it must be ignored too.
+        announce(&ip(h), &pid, &format!("&event=completed&ip={}", ip(2)));
+    }
+    let st = status().unwrap();
+    let fakes = st["receivers"].as_array().unwrap();
+    assert_eq!(fakes.len(), 2, "{st}");
+    for r in fakes {
+        assert!(
+            !r["addr"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", ip(2))),
+            "ip= honoured: {st}"
+        );
+    }
+    assert_eq!(
+        st["completed"], 0,
+        "bare announces counted as complete: {st}"
+    );
+
+    let url = manifest_url(&ip(1), &f.m);
+    let mut rs = start_receivers(41, 2..=3, &url, &f.m, &[], d, 410);
+    // Once receiver 2 has registered, a stranger sends `stopped` with its peer id.
+    let mut real_id = String::new();
+    assert!(
+        wait_until(T, || {
+            let st = status().unwrap_or_default();
+            for r in st["receivers"].as_array().into_iter().flatten() {
+                if r["addr"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("{}:", ip(2)))
+                {
+                    real_id = r["peer_id"].as_str().unwrap().to_string();
+                    return true;
+                }
+            }
+            false
+        }),
+        "receiver 2 never announced"
+    );
+    let pid: [u8; 20] = hex::decode(&real_id).unwrap().try_into().unwrap();
+    announce(&ip(9), &pid, "&event=stopped");
+    let st = status().unwrap();
+    let r2 = st["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["peer_id"] == real_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        r2["gone"], false,
+        "a copied stopped event removed a real receiver: {st}"
+    );
+    assert!(
+        r2["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", ip(2))),
+        "{st}"
+    );
+
+    wait_all_ok(&mut rs, T);
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    let fin = seeder_status(&seeder);
+    assert_eq!(fin["completed"], 2, "{fin}");
+    assert!(fin["uploaded"].as_u64().unwrap() > 0, "{fin}");
+    for (t, _) in &rs {
+        assert_same_ext4(&f.img, t, &f.m, &f.files);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a target may not be written.
@@ -15,6 +15,8 @@ pub enum TargetError {
     TooSmall { path: PathBuf, have: u64, need: u64 },
     #[error("target {path} is mounted on {mountpoint}: unmount it first")]
     Mounted { path: PathBuf, mountpoint: String },
+    #[error("target {path} is in use by the kernel: mounted, active swap, or a RAID/LVM member")]
+    InUse { path: PathBuf },
     #[error("target {path} is the source device itself")]
     IsSource { path: PathBuf },
     #[error("target {path} is the disk that holds the source {source_path}")]
@@ -232,8 +234,10 @@ pub fn open_target(
         source,
     };
     let exists = target.exists();
+    let mut block_device = false;
     if exists {
         let md = fs::metadata(target).map_err(open_err)?;
+        block_device = md.file_type().is_block_device();
         if !(md.file_type().is_block_device() || md.is_file()) {
             return Err(TargetError::NotADevice {
                 path: target.to_path_buf(),
@@ -259,12 +263,24 @@ pub fn open_target(
             });
         }
     }
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create && !exists)
-        .open(target)
-        .map_err(open_err)?;
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true).write(true).create(create && !exists);
+    if block_device {
+        // O_EXCL on a block device claims it: the kernel refuses (EBUSY) while anything else
+        // holds it (a mount, active swap, an md/LVM/dm member, another exclusive opener), and
+        // keeps others from claiming it while we write. Race-free, unlike the checks above,
+        // which stay for their clearer messages.
+        opts.custom_flags(libc::O_EXCL);
+    }
+    let f = opts.open(target).map_err(|e| {
+        if block_device && e.raw_os_error() == Some(libc::EBUSY) {
+            TargetError::InUse {
+                path: target.to_path_buf(),
+            }
+        } else {
+            open_err(e)
+        }
+    })?;
     let md = f.metadata().map_err(open_err)?;
     let have = file_size(&f).map_err(open_err)?;
     if have < need {

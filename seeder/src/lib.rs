@@ -36,11 +36,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("not a size: {s:?} (examples: 12M, 500k, 1G)"))?;
-    if v <= 0.0 {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("size must be positive: {s:?}"));
     }
-    Ok((v * mult as f64) as u64)
+    let bytes = v * mult as f64;
+    // `0.5` is half a byte, not half a MiB: a size that rounds down to nothing is refused
+    // (a zero rate would panic the token bucket), as is one beyond u64.
+    if bytes < 1.0 {
+        return Err(format!(
+            "size {s:?} is less than one byte (plain numbers are bytes: did you mean {s}M?)"
+        ));
+    }
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("size out of range: {s:?}"));
+    }
+    Ok(bytes as u64)
 }
+
+/// Longest tracker announce interval a seeder hands out (`--announce-interval`): receivers
+/// learn that the swarm is done within two intervals, so an hour is already far too long.
+pub const MAX_ANNOUNCE_INTERVAL_S: u64 = 3600;
 
 /// Serves a blockswarm deployment: `imager /dev/sda1 | seeder --expect 30`.
 #[derive(Debug, Parser)]
@@ -77,15 +92,16 @@ pub struct Cli {
     pub tracker: Option<String>,
 
     /// Exit 0 once N receivers have completed and no known receiver still needs data.
-    #[arg(long, env = "SEEDER_EXPECT")]
-    pub expect: Option<usize>,
+    #[arg(long, env = "SEEDER_EXPECT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub expect: Option<u64>,
 
     /// Cap upload at this many bytes per second (e.g. 12M).
     #[arg(long, env = "SEEDER_UPLOAD_LIMIT", value_parser = parse_size)]
     pub upload_limit: Option<u64>,
 
     /// Tracker announce interval in seconds given to receivers.
-    #[arg(long, env = "SEEDER_ANNOUNCE_INTERVAL", default_value_t = 3)]
+    #[arg(long, env = "SEEDER_ANNOUNCE_INTERVAL", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_ANNOUNCE_INTERVAL_S))]
     pub announce_interval: u64,
 
     /// No progress bar.
@@ -253,7 +269,7 @@ struct Status<'a> {
     pieces: u32,
     uploaded: u64,
     uploaded_copies: f64,
-    expect: Option<usize>,
+    expect: Option<u64>,
     completed: usize,
     done: bool,
     receivers: Vec<ReceiverStatus>,
@@ -279,7 +295,17 @@ struct App {
     tracker: Arc<TrackerServer>,
     swarm: Swarm,
     seeder_id: [u8; 20],
-    expect: Option<usize>,
+    expect: Option<u64>,
+    /// Peer ids seen in a BitTorrent handshake with us: what `--expect` may count.
+    seen: std::sync::Mutex<std::collections::HashMap<String, SeenPeer>>,
+}
+
+/// What our own connections showed of a peer id (kept after it disconnects).
+#[derive(Debug, Clone, Copy)]
+struct SeenPeer {
+    ip: IpAddr,
+    /// It received data from us, or holds every piece (its HAVE/bitfield).
+    took_part: bool,
 }
 
 impl App {
@@ -303,23 +329,50 @@ impl App {
 
     /// Receivers complete and still needing data, by peer id: what the tracker heard, joined
     /// with what our own connections show (with an external tracker only the latter).
+    ///
+    /// An announce alone counts for nothing: a receiver is complete only when its peer id
+    /// was seen in a handshake with us from the address it announced from, and it received
+    /// data from us or holds every piece. (`curl .../announce?left=0` completes nobody.)
     fn progress(&self) -> (usize, usize) {
+        let stats = self.swarm.stats();
+        let mut seen = self.seen.lock().expect("seen lock");
+        for p in &stats.peers {
+            let Ok(addr) = p.addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            let e = seen.entry(p.peer_id.clone()).or_insert(SeenPeer {
+                ip: addr.ip(),
+                took_part: false,
+            });
+            if e.ip == addr.ip() {
+                e.took_part |= p.complete || p.uploaded_to > 0;
+            }
+        }
+        let verified =
+            |id: &str, ip: IpAddr| seen.get(id).is_some_and(|s| s.ip == ip && s.took_part);
         let mut done = std::collections::HashSet::new();
         let mut pending = std::collections::HashSet::new();
         for r in self.receivers() {
+            let Ok(addr) = r.addr.parse::<SocketAddr>() else {
+                continue;
+            };
             if r.completed {
-                done.insert(r.peer_id);
+                // Unverified claims of completion are ignored, neither done nor pending.
+                if verified(&r.peer_id, addr.ip()) {
+                    done.insert(r.peer_id);
+                }
             } else if !r.gone {
                 pending.insert(r.peer_id);
             }
         }
-        for p in self.swarm.stats().peers {
+        for p in &stats.peers {
             if p.complete {
-                done.insert(p.peer_id);
+                done.insert(p.peer_id.clone());
             } else {
-                pending.insert(p.peer_id);
+                pending.insert(p.peer_id.clone());
             }
         }
+        drop(seen);
         pending.retain(|id| !done.contains(id));
         (done.len(), pending.len())
     }
@@ -422,6 +475,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         swarm: swarm.clone(),
         seeder_id: peer_id,
         expect: cli.expect,
+        seen: Default::default(),
     });
     let handler_app = app.clone();
     tokio::spawn(http::serve(
@@ -511,7 +565,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         ));
         pb.tick();
         if let Some(n) = cli.expect {
-            if completed >= n && pending == 0 {
+            if completed as u64 >= n && pending == 0 {
                 if done_since.is_none() {
                     tracker.set_done(true);
                     done_since = Some(Instant::now());
@@ -552,6 +606,30 @@ mod tests {
         assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
         assert!(parse_size("0").is_err());
         assert!(parse_size("fast").is_err());
+        // Half a byte per second used to parse to 0 and panic a writer task.
+        assert!(parse_size("0.5").is_err());
+        assert_eq!(parse_size("0.5M").unwrap(), 512 << 10);
+        assert!(parse_size("nan").is_err());
+        assert!(parse_size("inf").is_err());
+        assert!(parse_size("1e30G").is_err());
+    }
+
+    #[test]
+    fn numeric_flags_refuse_nonsense_with_a_usage_error() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["seeder"], args].concat());
+        for bad in [
+            &["--upload-limit", "0.5"][..],
+            &["--upload-limit", "0"],
+            &["--expect", "0"],
+            &["--expect", "-1"],
+            &["--announce-interval", "0"],
+            &["--announce-interval", "100000"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}");
+        }
+        let ok = parse(&["--upload-limit", "0.5M", "--expect", "2"]).unwrap();
+        assert_eq!(ok.upload_limit, Some(512 << 10));
     }
 
     #[test]

@@ -144,14 +144,21 @@ impl TrackerServer {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let ip = req
-            .param_str("ip")
-            .and_then(|s| s.parse::<IpAddr>().ok())
-            .unwrap_or(req.peer.ip());
+        // `ip=` is ignored: a peer is where its TCP connection comes from, so nobody can have
+        // the tracker hand out (and receivers dial) an address of its choosing.
+        let ip = req.peer.ip();
         let event = req.param_str("event").unwrap_or_default();
         let left = num("left");
         let now = Instant::now();
         let mut peers = self.peers.lock().expect("tracker lock");
+        // A live peer id belongs to the address it registered from: a copy announced from
+        // elsewhere would move it (or complete it) at will.
+        if peers
+            .get(&pid)
+            .is_some_and(|p| !p.gone && p.addr.ip() != ip)
+        {
+            return failure("peer_id registered from another address");
+        }
         // Peers silent for three intervals are gone (kept for the status page).
         let ttl = Duration::from_secs(self.interval * 3);
         for p in peers.values_mut() {
@@ -168,7 +175,9 @@ impl TrackerServer {
             }
         }
         if event == "stopped" {
-            if let Some(p) = peers.get_mut(&pid) {
+            // Only from the address the peer registered from: a peer id copied from /status
+            // does not make a stranger able to mark a real receiver gone.
+            if let Some(p) = peers.get_mut(&pid).filter(|p| p.addr.ip() == ip) {
                 p.gone = true;
             }
         } else {
@@ -348,18 +357,21 @@ mod tests {
             left: 100,
             event: Some("started"),
         };
-        let r = announce(&a, None).await.unwrap();
+        // The address comes from the connection (bound to 127.0.0.2), not from `ip=`.
+        let from = Some("127.0.0.2".parse().unwrap());
+        a.ip = Some("10.9.9.9".parse().unwrap());
+        let r = announce(&a, from).await.unwrap();
         assert_eq!(r.peers, vec![seeder]);
         assert!(!r.done);
         a.peer_id = [3u8; 20];
         a.port = 7002;
-        let r = announce(&a, None).await.unwrap();
+        let r = announce(&a, from).await.unwrap();
         assert_eq!(r.peers.len(), 2);
         assert!(r.peers.contains(&"127.0.0.2:7001".parse().unwrap()));
         a.left = 0;
         a.event = Some("completed");
         t.set_done(true);
-        let r = announce(&a, None).await.unwrap();
+        let r = announce(&a, from).await.unwrap();
         assert!(r.done);
         let snap = t.snapshot();
         assert!(snap.iter().any(|(id, p)| *id == [3u8; 20] && p.completed));
@@ -390,5 +402,40 @@ mod tests {
         assert_eq!(snap.len(), 2);
         assert!(snap.iter().any(|(id, p)| *id == [1u8; 20] && p.gone));
         assert!(snap.iter().any(|(id, p)| *id == [2u8; 20] && !p.gone));
+    }
+
+    #[test]
+    fn ip_param_is_ignored_and_stopped_counts_only_from_the_registered_address() {
+        let ih = [7u8; 20];
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        let req = |peer: &str, extra: &[(&str, &[u8])]| {
+            // Extras first: the first value of a parameter wins.
+            let mut query: Vec<(String, Vec<u8>)> = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect();
+            query.extend([
+                ("info_hash".into(), ih.to_vec()),
+                ("peer_id".into(), vec![5u8; 20]),
+                ("port".into(), b"6881".to_vec()),
+                ("left".into(), b"100".to_vec()),
+            ]);
+            Request {
+                path: "/announce".into(),
+                query,
+                peer: peer.parse().unwrap(),
+            }
+        };
+        t.announce(&req("127.0.0.2:40000", &[("ip", b"10.1.2.3")]));
+        let addr = |t: &TrackerServer| t.snapshot()[0].1.clone();
+        assert_eq!(addr(&t).addr, "127.0.0.2:6881".parse().unwrap());
+        // A copied peer id from another address cannot stop it.
+        t.announce(&req("127.0.0.3:40000", &[("event", b"stopped")]));
+        assert!(!addr(&t).gone);
+        t.announce(&req("127.0.0.3:40000", &[("left", b"0")]));
+        assert_eq!(addr(&t).addr, "127.0.0.2:6881".parse().unwrap());
+        assert!(!addr(&t).completed);
+        t.announce(&req("127.0.0.2:40001", &[("event", b"stopped")]));
+        assert!(addr(&t).gone);
     }
 }
