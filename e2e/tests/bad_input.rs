@@ -383,3 +383,66 @@ fn receiver_killed_half_way_resumes_and_finishes_correct() {
     );
     assert_same_ext4(&f.img, &t, &f.m, &f.files);
 }
+
+#[test]
+fn a_peer_sending_blocks_nobody_asked_for_is_banned_and_stalls_nobody() {
+    // Claims nothing (HAVE_NONE) and sends a garbage block for the next piece every 0.1 s.
+    // Taken in, each such block spoils a piece in progress with two senders, so nobody was
+    // blamed and the receivers stalled. Now such blocks are dropped and the peer banned.
+    let f = fixture(39, 8);
+    let net = 39;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let evil_addr: std::net::SocketAddr = format!("{}:6881", ip(9)).parse().unwrap();
+    let evil = blockswarm_e2e::evil_peer::start_with(
+        evil_addr,
+        f.m.info_hash().unwrap(),
+        f.m.num_pieces(),
+        blockswarm_e2e::evil_peer::Lie::Unsolicited,
+    );
+    let start = Instant::now();
+    let mut seeder = seeder(&ip(1), &f.mpath, &["--expect", "3"], &f.d, "seeder");
+    let mut rs = start_receivers(
+        net,
+        2..=4,
+        &manifest_url(&ip(1), &f.m),
+        &f.m,
+        &["--peer", &evil_addr.to_string()],
+        &f.d,
+        39,
+    );
+    wait_all_ok(&mut rs, T);
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    eprintln!(
+        "deploy beside the unsolicited-block sender took {:?}",
+        start.elapsed()
+    );
+    let conns = evil.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = evil.blocks_sent.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("evil peer: {conns} connections, {sent} blocks sent");
+    // Each receiver dialed it once, banned it, and never came back.
+    assert!(
+        conns <= 3,
+        "the attacker was let back in: {conns} connections"
+    );
+    for (t, r) in &rs {
+        let log = r.stderr_text();
+        let bans: Vec<&str> = log.lines().filter(|l| l.contains("banning peer")).collect();
+        assert!(
+            bans.iter()
+                .any(|l| l.contains(&evil_addr.to_string()) && l.contains("blocks nobody asked")),
+            "{}: the attacker was not banned:\n{log}",
+            r.name
+        );
+        assert!(
+            bans.iter().all(|l| l.contains(&evil_addr.to_string())),
+            "{}: an honest peer was banned: {bans:?}",
+            r.name
+        );
+        assert!(
+            !log.contains("failed its SHA-1 check"),
+            "{}: a garbage block reached a piece:\n{log}",
+            r.name
+        );
+        assert_same_ext4(&f.img, t, &f.m, &f.files);
+    }
+}

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
+use crate::admit::{Admission, Verdict};
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
@@ -234,6 +235,8 @@ struct PeerState {
     downloaded_from: u64,
     rate: RateMeter,
     outgoing: bool,
+    /// Which incoming blocks we asked this peer for; strikes for the others.
+    admit: Admission,
 }
 
 impl PeerState {
@@ -242,6 +245,15 @@ impl PeerState {
     /// anything again.
     fn is_rationing(&self) -> bool {
         self.rationing.is_some_and(|t| t.elapsed() < REJECT_WINDOW)
+    }
+
+    /// We stop waiting for a requested block (its late answer is dropped without blame).
+    fn give_up(&mut self, index: u32, begin: u32) -> bool {
+        let had = self.inflight.remove(&(index, begin)).is_some();
+        if had {
+            self.admit.released(index, begin);
+        }
+        had
     }
 }
 
@@ -720,6 +732,7 @@ impl Swarm {
                 downloaded_from: 0,
                 rate: RateMeter::new(),
                 outgoing,
+                admit: Admission::default(),
             },
         );
         // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
@@ -836,7 +849,10 @@ impl Swarm {
                     p.choked_us = true;
                     if !p.fast {
                         // Without the Fast extension a choke drops every pending request.
-                        let pending: Vec<_> = p.inflight.drain().map(|(k, _)| k).collect();
+                        let pending: Vec<_> = p.inflight.keys().copied().collect();
+                        for &(i, b) in &pending {
+                            p.give_up(i, b);
+                        }
                         for (i, b) in pending {
                             Self::release_block(st, key, i, b);
                         }
@@ -1259,8 +1275,23 @@ impl Swarm {
                 data.len()
             )));
         }
-        if let Some(p) = st.peers.get_mut(&key) {
-            p.inflight.remove(&(index, begin));
+        let Some(p) = st.peers.get_mut(&key) else {
+            return Ok(());
+        };
+        let requested = p.inflight.remove(&(index, begin)).is_some();
+        match p.admit.judge(requested, index, begin) {
+            Verdict::Accept => {}
+            Verdict::Late => return Ok(()),
+            Verdict::Strike => {
+                debug!(peer = %p.addr, piece = index, begin, strikes = p.admit.strikes(), "dropped a block we did not ask this peer for");
+                return Ok(());
+            }
+            Verdict::Ban => {
+                self.ban(st, key, "sends blocks nobody asked it for");
+                return Err(SwarmError::Banned);
+            }
+        }
+        {
             p.downloaded_from += data.len() as u64;
             p.rate.add(data.len() as u64);
         }
@@ -1285,7 +1316,7 @@ impl Swarm {
         let length = data.len() as u32;
         for k in others {
             if let Some(p) = st.peers.get_mut(&k) {
-                if p.inflight.remove(&(index, begin)).is_some() {
+                if p.give_up(index, begin) {
                     let _ = p.tx.send(Out::Msg(Msg::Cancel(Req {
                         index,
                         begin,
@@ -1358,7 +1389,7 @@ impl Swarm {
         }
         if contributors.len() == 1 {
             let k = *contributors.iter().next().expect("one");
-            self.ban(st, k);
+            self.ban(st, k, "sent corrupt data");
         } else {
             debug!(
                 piece = index,
@@ -1371,11 +1402,11 @@ impl Swarm {
 
     /// Drops and bans a peer for the session, and forgets the blocks it sent for pieces not
     /// yet complete (they would only fail their hash later).
-    fn ban(&self, st: &mut State, key: u64) {
+    fn ban(&self, st: &mut State, key: u64, why: &str) {
         let Some(p) = st.peers.get(&key) else {
             return;
         };
-        warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that sent corrupt data");
+        warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that {why}");
         p.kill.notify_one();
         st.banned.insert(p.addr.ip());
         st.banned_ids.insert(p.peer_id);
@@ -1416,8 +1447,8 @@ impl Swarm {
                 .filter(|(pi, _)| *pi == index)
                 .copied()
                 .collect();
-            for key in stale {
-                p.inflight.remove(&key);
+            for (pi, b) in stale {
+                p.give_up(pi, b);
             }
             let _ = p.tx.send(Out::Msg(Msg::Have(index)));
             self.update_interest(st, k);
@@ -1657,8 +1688,8 @@ impl Swarm {
                         .filter(|(_, &t)| now.duration_since(t) > timeout)
                         .map(|(k, _)| *k)
                         .collect();
-                    for (i, b) in &expired {
-                        p.inflight.remove(&(*i, *b));
+                    for &(i, b) in &expired {
+                        p.give_up(i, b);
                     }
                     for (i, b) in expired {
                         Self::release_block(&mut st, *k, i, b);
