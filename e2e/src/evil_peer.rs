@@ -15,6 +15,8 @@ use tokio::io::AsyncWriteExt;
 pub struct EvilStats {
     pub connections: AtomicU64,
     pub blocks_sent: AtomicU64,
+    /// REQUESTs sent by [`flood_requests`].
+    pub requests_sent: AtomicU64,
 }
 
 /// How the peer lies.
@@ -165,5 +167,68 @@ async fn unsolicited(
                 index = (index + 1) % pieces;
             }
         }
+    }
+}
+
+/// Dials `addr`, handshakes, then sends REQUESTs for every block of every piece, round and
+/// round, as fast as the socket takes them, and never reads. Redials when cut off. Runs
+/// in a background thread for the life of the test process; returns its counters.
+pub fn flood_requests(addr: SocketAddr, info_hash: [u8; 20], num_pieces: u32) -> Arc<EvilStats> {
+    let stats = Arc::new(EvilStats::default());
+    let st = stats.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            loop {
+                if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                    st.connections.fetch_add(1, Ordering::Relaxed);
+                    let _ = flood(s, info_hash, num_pieces, &st).await;
+                }
+                // Redial at once, but not in a hot loop while the seeder is down.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+    });
+    stats
+}
+
+async fn flood(
+    s: tokio::net::TcpStream,
+    info_hash: [u8; 20],
+    num_pieces: u32,
+    stats: &EvilStats,
+) -> Result<(), wire::WireError> {
+    let (mut rd, mut wr) = s.into_split();
+    let mut id = [0u8; 20];
+    id[..8].copy_from_slice(b"-EV0002-");
+    rand::thread_rng().fill_bytes(&mut id[8..]);
+    wire::write_handshake(&mut wr, info_hash, id).await?;
+    wire::read_handshake(&mut rd).await?;
+    // `rd` is kept but never read again: the seeder's replies pile up in the socket.
+    let mut buf = Vec::new();
+    wire::encode(&Msg::HaveNone, &mut buf);
+    wire::encode(&Msg::Interested, &mut buf);
+    wr.write_all(&buf).await?;
+    // Only the first block of each piece but the last: always a valid request.
+    let pieces = num_pieces.saturating_sub(1).max(1);
+    loop {
+        buf.clear();
+        for index in 0..pieces {
+            wire::encode(
+                &Msg::Request(wire::Req {
+                    index,
+                    begin: 0,
+                    length: wire::BLOCK_SIZE,
+                }),
+                &mut buf,
+            );
+        }
+        wr.write_all(&buf).await?;
+        stats
+            .requests_sent
+            .fetch_add(pieces as u64, Ordering::Relaxed);
     }
 }

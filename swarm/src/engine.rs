@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::admit::{Admission, Verdict};
+use crate::backlog::Backlog;
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
@@ -237,6 +238,8 @@ struct PeerState {
     outgoing: bool,
     /// Which incoming blocks we asked this peer for; strikes for the others.
     admit: Admission,
+    /// What this connection's writer has queued (bounded, see `backlog`).
+    backlog: Arc<Backlog>,
 }
 
 impl PeerState {
@@ -245,6 +248,16 @@ impl PeerState {
     /// anything again.
     fn is_rationing(&self) -> bool {
         self.rationing.is_some_and(|t| t.elapsed() < REJECT_WINDOW)
+    }
+
+    /// Queues a message for the writer; a peer that leaves too many unread is disconnected.
+    fn send(&self, m: Msg) {
+        if !self.backlog.queue_msg(&m) {
+            warn!(peer = %self.addr, "disconnecting a peer that does not read what we send");
+            self.kill.notify_one();
+            return;
+        }
+        let _ = self.tx.send(Out::Msg(m));
     }
 
     /// We stop waiting for a requested block (its late answer is dropped without blame).
@@ -354,10 +367,13 @@ impl ServeQueue {
         self.reqs.push_back(r);
     }
 
-    fn cancel(&mut self, r: Req) {
+    /// Drops queued requests equal to `r`; returns how many.
+    fn cancel(&mut self, r: Req) -> usize {
         let before = self.reqs.len();
         self.reqs.retain(|q| *q != r);
-        self.written((before - self.reqs.len()) as u64 * r.length as u64);
+        let n = before - self.reqs.len();
+        self.written(n as u64 * r.length as u64);
+        n
     }
 
     /// `n` bytes left the queue (written or cancelled).
@@ -639,6 +655,7 @@ impl Swarm {
         let (tx, rx) = mpsc::unbounded_channel();
         let kill = Arc::new(Notify::new());
         let uploaded_to = Arc::new(AtomicU64::new(0));
+        let backlog = Arc::new(Backlog::default());
         let key = self.register(
             addr,
             hs.peer_id,
@@ -647,9 +664,10 @@ impl Swarm {
             tx.clone(),
             kill.clone(),
             uploaded_to.clone(),
+            backlog.clone(),
         )?;
         debug!(peer = %addr, client = %client_name(&hs.peer_id), fast = hs.fast, "peer connected");
-        let writer = tokio::spawn(self.clone().writer(wr, rx, key, hs.fast, uploaded_to));
+        let writer = tokio::spawn(self.clone().writer(wr, rx, key, uploaded_to, backlog));
         let max_frame = 13 + MAX_REQUEST as usize + self.shared.lengths.piece_bitfield_bytes();
         let mut frames = FrameReader::new(rd, max_frame);
         let result = loop {
@@ -684,6 +702,7 @@ impl Swarm {
         tx: mpsc::UnboundedSender<Out>,
         kill: Arc<Notify>,
         uploaded_to: Arc<AtomicU64>,
+        backlog: Arc<Backlog>,
     ) -> Result<u64, SwarmError> {
         let mut st = self.lock();
         if outgoing {
@@ -733,6 +752,7 @@ impl Swarm {
                 rate: RateMeter::new(),
                 outgoing,
                 admit: Admission::default(),
+                backlog: backlog.clone(),
             },
         );
         // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
@@ -744,9 +764,10 @@ impl Swarm {
         } else {
             Msg::Bitfield(wire::bitfield_from(&st.have))
         };
-        let _ = tx.send(Out::Msg(first));
+        let p = st.peers.get(&key).expect("inserted");
+        p.send(first);
         // We never choke on a LAN: everyone may ask from the start.
-        let _ = tx.send(Out::Msg(Msg::Unchoke));
+        p.send(Msg::Unchoke);
         Ok(key)
     }
 
@@ -896,20 +917,26 @@ impl Swarm {
                     None
                 };
                 if let Some(p) = st.peers.get(&key) {
-                    if ok && !refuse {
+                    // Past `MAX_QUEUED_REQUESTS` a request is refused like any other.
+                    if ok && !refuse && p.backlog.try_queue_request() {
                         let _ = p.tx.send(Out::Serve(r));
                     } else if p.fast {
-                        let _ = p.tx.send(Out::Msg(Msg::Reject(r)));
+                        p.send(Msg::Reject(r));
                         st.rejects_sent += 1;
                         if let Some(j) = suggest {
-                            let _ = p.tx.send(Out::Msg(Msg::Suggest(j)));
+                            p.send(Msg::Suggest(j));
                         }
                     }
                 }
             }
             Msg::Cancel(r) => {
                 if let Some(p) = st.peers.get(&key) {
-                    let _ = p.tx.send(Out::Cancel(r));
+                    // Counted like a message until the writer takes it.
+                    if p.backlog.queue_msg(&Msg::Cancel(r)) {
+                        let _ = p.tx.send(Out::Cancel(r));
+                    } else {
+                        p.kill.notify_one();
+                    }
                 }
             }
             Msg::Reject(r) => {
@@ -1036,7 +1063,7 @@ impl Swarm {
                 } else {
                     Msg::NotInterested
                 };
-                let _ = p.tx.send(Out::Msg(m));
+                p.send(m);
             }
         }
     }
@@ -1246,11 +1273,11 @@ impl Swarm {
             };
             let p = st.peers.get_mut(&key).expect("present");
             p.inflight.insert((index, begin), Instant::now());
-            let _ = p.tx.send(Out::Msg(Msg::Request(Req {
+            p.send(Msg::Request(Req {
                 index,
                 begin,
                 length,
-            })));
+            }));
         }
     }
 
@@ -1317,11 +1344,11 @@ impl Swarm {
         for k in others {
             if let Some(p) = st.peers.get_mut(&k) {
                 if p.give_up(index, begin) {
-                    let _ = p.tx.send(Out::Msg(Msg::Cancel(Req {
+                    p.send(Msg::Cancel(Req {
                         index,
                         begin,
                         length,
-                    })));
+                    }));
                 }
             }
         }
@@ -1450,7 +1477,7 @@ impl Swarm {
             for (pi, b) in stale {
                 p.give_up(pi, b);
             }
-            let _ = p.tx.send(Out::Msg(Msg::Have(index)));
+            p.send(Msg::Have(index));
             self.update_interest(st, k);
         }
     }
@@ -1481,8 +1508,8 @@ impl Swarm {
         wr: tokio::net::tcp::OwnedWriteHalf,
         mut rx: mpsc::UnboundedReceiver<Out>,
         key: u64,
-        _fast: bool,
         uploaded_to: Arc<AtomicU64>,
+        backlog: Arc<Backlog>,
     ) {
         let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
         let mut queue = ServeQueue {
@@ -1499,12 +1526,16 @@ impl Swarm {
                     Ok(Out::Msg(m)) => {
                         buf.clear();
                         wire::encode(&m, &mut buf);
+                        backlog.msg_done(buf.len());
                         if wr.write_all(&buf).await.is_err() {
                             break 'outer;
                         }
                     }
                     Ok(Out::Serve(r)) => queue.push(r),
-                    Ok(Out::Cancel(r)) => queue.cancel(r),
+                    Ok(Out::Cancel(r)) => {
+                        backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
+                        backlog.requests_done(queue.cancel(r));
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
                 }
@@ -1564,6 +1595,7 @@ impl Swarm {
                         .uploaded
                         .fetch_add(r.length as u64, Ordering::Relaxed);
                     queue.written(r.length as u64);
+                    backlog.requests_done(1);
                 }
                 if turn.is_some() && wr.flush().await.is_err() {
                     break;
@@ -1578,12 +1610,16 @@ impl Swarm {
                 Ok(Some(Out::Msg(m))) => {
                     buf.clear();
                     wire::encode(&m, &mut buf);
+                    backlog.msg_done(buf.len());
                     if wr.write_all(&buf).await.is_err() {
                         break;
                     }
                 }
                 Ok(Some(Out::Serve(r))) => queue.push(r),
-                Ok(Some(Out::Cancel(r))) => queue.cancel(r),
+                Ok(Some(Out::Cancel(r))) => {
+                    backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
+                    backlog.requests_done(queue.cancel(r));
+                }
                 Ok(None) => break,
                 Err(_) => {
                     buf.clear();

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod backlog;
 pub mod engine;
 pub mod http;
 pub mod storage;
