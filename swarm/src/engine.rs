@@ -163,6 +163,10 @@ pub struct PeerStats {
     pub uploaded_to: u64,
     pub downloaded_from: u64,
     pub fast: bool,
+    /// Pieces it has that we lack.
+    pub useful: u32,
+    /// Time since it last sent us a block we asked for (None: never).
+    pub since_block: Option<Duration>,
 }
 
 /// Swarm-wide figures.
@@ -234,6 +238,8 @@ struct PeerState {
     suggested: VecDeque<u32>,
     uploaded_to: Arc<AtomicU64>,
     downloaded_from: u64,
+    /// When it last sent us a block we asked for.
+    last_block: Option<Instant>,
     rate: RateMeter,
     outgoing: bool,
     /// Which incoming blocks we asked this peer for; strikes for the others.
@@ -749,6 +755,7 @@ impl Swarm {
                 suggested: VecDeque::new(),
                 uploaded_to,
                 downloaded_from: 0,
+                last_block: None,
                 rate: RateMeter::new(),
                 outgoing,
                 admit: Admission::default(),
@@ -1320,6 +1327,7 @@ impl Swarm {
         }
         {
             p.downloaded_from += data.len() as u64;
+            p.last_block = Some(Instant::now());
             p.rate.add(data.len() as u64);
         }
         st.downloaded += data.len() as u64;
@@ -1772,9 +1780,18 @@ impl Swarm {
                     uploaded_to: p.uploaded_to.load(Ordering::Relaxed),
                     downloaded_from: p.downloaded_from,
                     fast: p.fast,
+                    useful: p.useful,
+                    since_block: p.last_block.map(|t| t.elapsed()),
                 })
                 .collect(),
         }
+    }
+
+    /// Peer addresses we were given (tracker, `--peer`) and dial.
+    pub fn known_peers(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.lock().known.keys().copied().collect();
+        v.sort();
+        v
     }
 
     pub fn is_complete(&self) -> bool {
