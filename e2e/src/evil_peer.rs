@@ -15,6 +15,8 @@ use tokio::io::AsyncWriteExt;
 pub struct EvilStats {
     pub connections: AtomicU64,
     pub blocks_sent: AtomicU64,
+    /// REQUESTs sent by [`flood_requests`].
+    pub requests_sent: AtomicU64,
 }
 
 /// How the peer lies.
@@ -30,7 +32,13 @@ pub enum Lie {
         packed: Arc<Vec<u8>>,
         piece_len: u32,
     },
+    /// Claims nothing (HAVE_NONE, or an empty bitfield) and sends, unasked, one block of
+    /// random bytes for the next piece every [`UNSOLICITED_EVERY`], round the pieces.
+    Unsolicited,
 }
+
+/// How often [`Lie::Unsolicited`] sends a garbage block.
+pub const UNSOLICITED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Starts a lying peer on `addr` in a background thread; returns its counters.
 pub fn start_with(
@@ -83,21 +91,25 @@ async fn serve(
     wire::write_handshake(&mut wr, info_hash, id).await?;
     let hs = wire::read_handshake(&mut rd).await?;
     let mut buf = Vec::new();
-    let first = if hs.fast {
-        Msg::HaveAll
-    } else {
-        Msg::Bitfield(wire::bitfield_from(&vec![true; num_pieces as usize]))
+    let claim = !matches!(lie, Lie::Unsolicited);
+    let first = match (hs.fast, claim) {
+        (true, true) => Msg::HaveAll,
+        (true, false) => Msg::HaveNone,
+        (false, _) => Msg::Bitfield(wire::bitfield_from(&vec![claim; num_pieces as usize])),
     };
     wire::encode(&first, &mut buf);
     wire::encode(&Msg::Unchoke, &mut buf);
     wr.write_all(&buf).await?;
     let mut frames = FrameReader::new(rd, 1 << 20);
+    if let Lie::Unsolicited = lie {
+        return unsolicited(&mut frames, wr, num_pieces, &stats).await;
+    }
     while let Some(m) = frames.next().await? {
         if let Msg::Request(r) = m {
             buf.clear();
             let mut data = vec![0u8; r.length as usize];
             match &lie {
-                Lie::Random => rand::thread_rng().fill_bytes(&mut data),
+                Lie::Random | Lie::Unsolicited => rand::thread_rng().fill_bytes(&mut data),
                 Lie::MixIn { packed, piece_len } => {
                     if r.begin == 0 {
                         wire::encode(&Msg::Reject(r), &mut buf);
@@ -124,4 +136,99 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// [`Lie::Unsolicited`]: garbage blocks nobody asked for, until the connection is closed.
+/// The last piece is skipped (it may be shorter than a block), unless it is the only one.
+async fn unsolicited(
+    frames: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    num_pieces: u32,
+    stats: &EvilStats,
+) -> Result<(), wire::WireError> {
+    let pieces = num_pieces.saturating_sub(1).max(1);
+    let mut iv = tokio::time::interval(UNSOLICITED_EVERY);
+    let mut buf = Vec::new();
+    let mut index = 0;
+    loop {
+        tokio::select! {
+            m = frames.next() => {
+                if m?.is_none() {
+                    return Ok(());
+                }
+            }
+            _ = iv.tick() => {
+                let mut data = vec![0u8; wire::BLOCK_SIZE as usize];
+                rand::thread_rng().fill_bytes(&mut data);
+                buf.clear();
+                wire::encode(&Msg::Piece { index, begin: 0, data }, &mut buf);
+                wr.write_all(&buf).await?;
+                stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
+                index = (index + 1) % pieces;
+            }
+        }
+    }
+}
+
+/// Dials `addr`, handshakes, then sends REQUESTs for every block of every piece, round and
+/// round, as fast as the socket takes them, and never reads. Redials when cut off. Runs
+/// in a background thread for the life of the test process; returns its counters.
+pub fn flood_requests(addr: SocketAddr, info_hash: [u8; 20], num_pieces: u32) -> Arc<EvilStats> {
+    let stats = Arc::new(EvilStats::default());
+    let st = stats.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            loop {
+                if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                    st.connections.fetch_add(1, Ordering::Relaxed);
+                    let _ = flood(s, info_hash, num_pieces, &st).await;
+                }
+                // Redial at once, but not in a hot loop while the seeder is down.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+    });
+    stats
+}
+
+async fn flood(
+    s: tokio::net::TcpStream,
+    info_hash: [u8; 20],
+    num_pieces: u32,
+    stats: &EvilStats,
+) -> Result<(), wire::WireError> {
+    let (mut rd, mut wr) = s.into_split();
+    let mut id = [0u8; 20];
+    id[..8].copy_from_slice(b"-EV0002-");
+    rand::thread_rng().fill_bytes(&mut id[8..]);
+    wire::write_handshake(&mut wr, info_hash, id).await?;
+    wire::read_handshake(&mut rd).await?;
+    // `rd` is kept but never read again: the seeder's replies pile up in the socket.
+    let mut buf = Vec::new();
+    wire::encode(&Msg::HaveNone, &mut buf);
+    wire::encode(&Msg::Interested, &mut buf);
+    wr.write_all(&buf).await?;
+    // Only the first block of each piece but the last: always a valid request.
+    let pieces = num_pieces.saturating_sub(1).max(1);
+    loop {
+        buf.clear();
+        for index in 0..pieces {
+            wire::encode(
+                &Msg::Request(wire::Req {
+                    index,
+                    begin: 0,
+                    length: wire::BLOCK_SIZE,
+                }),
+                &mut buf,
+            );
+        }
+        wr.write_all(&buf).await?;
+        stats
+            .requests_sent
+            .fetch_add(pieces as u64, Ordering::Relaxed);
+    }
 }

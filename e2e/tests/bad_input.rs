@@ -541,3 +541,134 @@ fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
         assert_same_ext4(&f.img, t, &f.m, &f.files);
     }
 }
+
+#[test]
+fn a_peer_sending_blocks_nobody_asked_for_is_banned_and_stalls_nobody() {
+    // Claims nothing (HAVE_NONE) and sends a garbage block for the next piece every 0.1 s.
+    // Taken in, each such block spoils a piece in progress with two senders, so nobody was
+    // blamed and the receivers stalled. Now such blocks are dropped and the peer banned.
+    let f = fixture(39, 8);
+    let net = 39;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let evil_addr: std::net::SocketAddr = format!("{}:6881", ip(9)).parse().unwrap();
+    let evil = blockswarm_e2e::evil_peer::start_with(
+        evil_addr,
+        f.m.info_hash().unwrap(),
+        f.m.num_pieces(),
+        blockswarm_e2e::evil_peer::Lie::Unsolicited,
+    );
+    let start = Instant::now();
+    let mut seeder = seeder(&ip(1), &f.mpath, &["--expect", "3"], &f.d, "seeder");
+    let mut rs = start_receivers(
+        net,
+        2..=4,
+        &manifest_url(&ip(1), &f.m),
+        &f.m,
+        &["--peer", &evil_addr.to_string()],
+        &f.d,
+        39,
+    );
+    wait_all_ok(&mut rs, T);
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    eprintln!(
+        "deploy beside the unsolicited-block sender took {:?}",
+        start.elapsed()
+    );
+    let conns = evil.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = evil.blocks_sent.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("evil peer: {conns} connections, {sent} blocks sent");
+    // Each receiver dialed it once, banned it, and never came back.
+    assert!(
+        conns <= 3,
+        "the attacker was let back in: {conns} connections"
+    );
+    for (t, r) in &rs {
+        let log = r.stderr_text();
+        let bans: Vec<&str> = log.lines().filter(|l| l.contains("banning peer")).collect();
+        assert!(
+            bans.iter()
+                .any(|l| l.contains(&evil_addr.to_string()) && l.contains("blocks nobody asked")),
+            "{}: the attacker was not banned:\n{log}",
+            r.name
+        );
+        assert!(
+            bans.iter().all(|l| l.contains(&evil_addr.to_string())),
+            "{}: an honest peer was banned: {bans:?}",
+            r.name
+        );
+        assert!(
+            !log.contains("failed its SHA-1 check"),
+            "{}: a garbage block reached a piece:\n{log}",
+            r.name
+        );
+        assert_same_ext4(&f.img, t, &f.m, &f.files);
+    }
+}
+
+/// VmRSS of process `pid` in bytes.
+fn vm_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// What the seeder may grow by while one connection floods it with REQUESTs: the queues
+/// are bounded (`blockswarm_swarm::backlog`), the rest is the honest deployment.
+const FLOOD_RSS_SLACK: u64 = 64 << 20;
+
+#[test]
+fn a_request_flood_that_never_reads_does_not_exhaust_the_seeder() {
+    let f = fixture(40, 8);
+    let net = 40;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let mut seeder = seeder(&ip(1), &f.mpath, &["--expect", "3"], &f.d, "seeder");
+    let url = manifest_url(&ip(1), &f.m);
+    assert!(wait_until(T, || http_get(&url).is_some()), "seeder not up");
+    let pid = seeder.child.as_ref().unwrap().id();
+    let start_rss = vm_rss(pid);
+    let seed_addr: std::net::SocketAddr = format!("{}:6881", ip(1)).parse().unwrap();
+    let evil = blockswarm_e2e::evil_peer::flood_requests(
+        seed_addr,
+        f.m.info_hash().unwrap(),
+        f.m.num_pieces(),
+    );
+    // Let the flood get going before the honest receivers start.
+    assert!(wait_until(T, || evil
+        .requests_sent
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 100_000));
+    let started = Instant::now();
+    let mut rs = start_receivers(net, 2..=4, &url, &f.m, &[], &f.d, 40);
+    let mut max_rss = start_rss;
+    let finished = wait_until(T, || {
+        max_rss = max_rss.max(vm_rss(pid));
+        rs.iter_mut()
+            .all(|(_, r)| r.child.as_mut().unwrap().try_wait().unwrap().is_some())
+    });
+    assert!(finished, "receivers did not finish beside the flood");
+    wait_all_ok(&mut rs, T);
+    // Receivers exit once the seeder tells them all are done: it served them to the end.
+    // (Whether it then exits by itself is not what this test is about.)
+    seeder.kill();
+    let sent = evil
+        .requests_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let conns = evil.connections.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "flood: {sent} requests over {conns} connections; seeder VmRSS {} -> max {} KiB; \
+         receivers done in {:?}",
+        start_rss / 1024,
+        max_rss / 1024,
+        started.elapsed()
+    );
+    assert!(
+        max_rss < start_rss + FLOOD_RSS_SLACK,
+        "seeder grew from {start_rss} to {max_rss} bytes under the flood"
+    );
+    for (t, _) in &rs {
+        assert_same_ext4(&f.img, t, &f.m, &f.files);
+    }
+}

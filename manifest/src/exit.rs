@@ -16,5 +16,6 @@ pub const BAD_TARGET: i32 = 4;
 pub const REFUSED: i32 = 5;
 /// Network: the seeder/manifest URL could not be reached after retries. Nothing was written.
 pub const UNREACHABLE: i32 = 6;
-/// The data on the target did not verify (receiver `--verify`, or download gave up).
+/// The data on the target did not verify (receiver `--verify`), or the download gave up: no
+/// piece verified for `--stall-timeout` while no peer sent a missing one.
 pub const VERIFY_FAILED: i32 = 7;

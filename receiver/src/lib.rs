@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod settings;
+mod stall;
 mod target;
 mod verify;
 
@@ -23,6 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info, warn};
 
 pub use settings::{parse_duration, Cli, ReceiverError, Settings};
+use stall::{GiveUp, StallWatch};
 use verify::{piece_ok, Verifier, VERIFY_BATCH};
 
 fn is_url(s: &str) -> bool {
@@ -255,15 +257,41 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         pb
     };
     let started = Instant::now();
+    let mut stall = s.stall_timeout.map(|t| StallWatch::new(t, started));
+    let mut contact = false;
     loop {
         if let Some(e) = swarm.fatal_error() {
-            return Err(ReceiverError::Failure(e));
+            return Err(ReceiverError::Failure(e.to_string()));
         }
         let st = swarm.stats();
         pb.set_position(st.bytes_have);
         pb.set_message(format!("{} peers", st.peers.len()));
         if st.pieces_have == st.pieces_total {
             break;
+        }
+        contact |= !st.peers.is_empty()
+            || st.pieces_have > 0
+            || reached_once.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(stalled) = stall
+            .as_mut()
+            .and_then(|w| w.check(Instant::now(), contact, st.pieces_have, &st.peers))
+        {
+            pb.finish_and_clear();
+            let have = swarm.have_bits();
+            let missing: Vec<u32> = (0..have.len() as u32)
+                .filter(|&i| !have[i as usize])
+                .collect();
+            return Err(ReceiverError::GaveUp(
+                GiveUp {
+                    stalled,
+                    missing: &missing,
+                    total: st.pieces_total,
+                    tracker: announce_url.as_deref(),
+                    known: &swarm.known_peers(),
+                    connected: &st.peers,
+                }
+                .to_string(),
+            ));
         }
         // Give up only if nothing at all arrived and the seeder never answered.
         if st.bytes_have == 0
@@ -337,7 +365,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
             break;
         }
         if let Some(e) = swarm.fatal_error() {
-            seed_error = Some(e);
+            seed_error = Some(e.to_string());
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

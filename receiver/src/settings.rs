@@ -31,7 +31,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 ///
 /// Exit codes: 0 done and verified; 1 runtime failure; 2 usage; 3 bad manifest; 4 bad target
 /// (too small, mounted, the source, in use, missing); 6 seeder unreachable; 7 verification
-/// failed. On codes 2, 3, 4 and 6 nothing has been written to the target.
+/// failed or download gave up (--stall-timeout). On codes 2, 3, 4 and 6 nothing has been
+/// written to the target.
 #[derive(Debug, Parser, Default)]
 #[command(name = "receiver", version, about, long_about = None)]
 pub struct Cli {
@@ -58,8 +59,8 @@ pub struct Cli {
     pub auto_from: Vec<PathBuf>,
 
     /// KEY=VALUE settings file (MANIFEST=, TARGET=, AUTO_FROM=, LISTEN=, SEED_AFTER=, VERIFY=,
-    /// RESUME=, TRACKER=, PEERS=, RETRY_FOR=), as a rescue/PXE system would pass them. The command
-    /// line wins.
+    /// RESUME=, TRACKER=, PEERS=, RETRY_FOR=, STALL_TIMEOUT=), as a rescue/PXE system would pass
+    /// them. The command line wins.
     #[arg(long, env = "RECEIVER_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -95,6 +96,12 @@ pub struct Cli {
     #[arg(long, env = "RECEIVER_RETRY_FOR", value_parser = parse_duration)]
     pub retry_for: Option<Duration>,
 
+    /// Give up (exit 7, naming the missing pieces and the peers tried) once no piece was
+    /// verified for this long while no connected peer sends any piece we lack: the seeder
+    /// is gone for good, or cannot read what is missing. `0`: never [default: 120s].
+    #[arg(long, env = "RECEIVER_STALL_TIMEOUT", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
+
     /// No progress bar.
     #[arg(short, long, env = "RECEIVER_QUIET")]
     pub quiet: bool,
@@ -117,6 +124,9 @@ pub enum ReceiverError {
     Unreachable(String),
     #[error("{0}")]
     Verify(String),
+    /// No progress for `--stall-timeout` and nobody to get the missing pieces from.
+    #[error("{0}")]
+    GaveUp(String),
     #[error("{0}")]
     Failure(String),
 }
@@ -128,7 +138,7 @@ impl ReceiverError {
             ReceiverError::BadManifest(_) => exit::BAD_INPUT,
             ReceiverError::BadTarget(_) => exit::BAD_TARGET,
             ReceiverError::Unreachable(_) => exit::UNREACHABLE,
-            ReceiverError::Verify(_) => exit::VERIFY_FAILED,
+            ReceiverError::Verify(_) | ReceiverError::GaveUp(_) => exit::VERIFY_FAILED,
             ReceiverError::Failure(_) => exit::FAILURE,
         }
     }
@@ -148,6 +158,8 @@ pub struct Settings {
     pub tracker: Option<String>,
     pub peers: Vec<SocketAddr>,
     pub retry_for: Duration,
+    /// None: never give up.
+    pub stall_timeout: Option<Duration>,
     pub quiet: bool,
 }
 
@@ -192,6 +204,7 @@ impl Settings {
                     }
                     "SEED_AFTER" => file.seed_after = Some(parse_duration(v).map_err(err)?),
                     "RETRY_FOR" => file.retry_for = Some(parse_duration(v).map_err(err)?),
+                    "STALL_TIMEOUT" => file.stall_timeout = Some(parse_duration(v).map_err(err)?),
                     "TRACKER" => file.tracker = Some(v.into()),
                     "PEERS" => {
                         file.peers = v
@@ -243,6 +256,12 @@ impl Settings {
                 .retry_for
                 .or(file.retry_for)
                 .unwrap_or(Duration::from_secs(60)),
+            stall_timeout: Some(
+                cli.stall_timeout
+                    .or(file.stall_timeout)
+                    .unwrap_or(crate::stall::DEFAULT_STALL_TIMEOUT),
+            )
+            .filter(|t| !t.is_zero()),
             quiet: cli.quiet,
         })
     }
@@ -268,7 +287,7 @@ mod tests {
         let p = dir.path().join("r.conf");
         std::fs::write(
             &p,
-            "# rescue config\nMANIFEST=http://10.0.0.1:6880/x.torrent\nTARGET=/dev/sda1\nLISTEN=0.0.0.0:7000\nSEED_AFTER=5m\nVERIFY=yes\n",
+            "# rescue config\nMANIFEST=http://10.0.0.1:6880/x.torrent\nTARGET=/dev/sda1\nLISTEN=0.0.0.0:7000\nSEED_AFTER=5m\nVERIFY=yes\nSTALL_TIMEOUT=90s\n",
         )
         .unwrap();
         let cli = Cli {
@@ -282,6 +301,26 @@ mod tests {
         assert_eq!(s.listen.port(), 7000);
         assert_eq!(s.seed_after, Duration::from_secs(300));
         assert!(s.verify);
+        assert_eq!(s.stall_timeout, Some(Duration::from_secs(90)));
+        let never = Cli {
+            config: Some(p.clone()),
+            stall_timeout: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(&never).unwrap().stall_timeout,
+            None,
+            "0: never"
+        );
+        std::fs::write(&p, "MANIFEST=x\nTARGET=y\n").unwrap();
+        let default = Cli {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(&default).unwrap().stall_timeout,
+            Some(crate::stall::DEFAULT_STALL_TIMEOUT)
+        );
         std::fs::write(&p, "BOGUS=1\n").unwrap();
         let cli = Cli {
             config: Some(p),

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
+use crate::admit::{Admission, Verdict};
+use crate::backlog::Backlog;
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
@@ -161,6 +163,10 @@ pub struct PeerStats {
     pub uploaded_to: u64,
     pub downloaded_from: u64,
     pub fast: bool,
+    /// Pieces it has that we lack.
+    pub useful: u32,
+    /// Time since it last sent us a block we asked for (None: never).
+    pub since_block: Option<Duration>,
 }
 
 /// Swarm-wide figures.
@@ -232,8 +238,14 @@ struct PeerState {
     suggested: VecDeque<u32>,
     uploaded_to: Arc<AtomicU64>,
     downloaded_from: u64,
+    /// When it last sent us a block we asked for.
+    last_block: Option<Instant>,
     rate: RateMeter,
     outgoing: bool,
+    /// Which incoming blocks we asked this peer for; strikes for the others.
+    admit: Admission,
+    /// What this connection's writer has queued (bounded, see `backlog`).
+    backlog: Arc<Backlog>,
 }
 
 impl PeerState {
@@ -242,6 +254,25 @@ impl PeerState {
     /// anything again.
     fn is_rationing(&self) -> bool {
         self.rationing.is_some_and(|t| t.elapsed() < REJECT_WINDOW)
+    }
+
+    /// Queues a message for the writer; a peer that leaves too many unread is disconnected.
+    fn send(&self, m: Msg) {
+        if !self.backlog.queue_msg(&m) {
+            warn!(peer = %self.addr, "disconnecting a peer that does not read what we send");
+            self.kill.notify_one();
+            return;
+        }
+        let _ = self.tx.send(Out::Msg(m));
+    }
+
+    /// We stop waiting for a requested block (its late answer is dropped without blame).
+    fn give_up(&mut self, index: u32, begin: u32) -> bool {
+        let had = self.inflight.remove(&(index, begin)).is_some();
+        if had {
+            self.admit.released(index, begin);
+        }
+        had
     }
 }
 
@@ -342,10 +373,13 @@ impl ServeQueue {
         self.reqs.push_back(r);
     }
 
-    fn cancel(&mut self, r: Req) {
+    /// Drops queued requests equal to `r`; returns how many.
+    fn cancel(&mut self, r: Req) -> usize {
         let before = self.reqs.len();
         self.reqs.retain(|q| *q != r);
-        self.written((before - self.reqs.len()) as u64 * r.length as u64);
+        let n = before - self.reqs.len();
+        self.written(n as u64 * r.length as u64);
+        n
     }
 
     /// `n` bytes left the queue (written or cancelled).
@@ -627,6 +661,7 @@ impl Swarm {
         let (tx, rx) = mpsc::unbounded_channel();
         let kill = Arc::new(Notify::new());
         let uploaded_to = Arc::new(AtomicU64::new(0));
+        let backlog = Arc::new(Backlog::default());
         let key = self.register(
             addr,
             hs.peer_id,
@@ -635,9 +670,10 @@ impl Swarm {
             tx.clone(),
             kill.clone(),
             uploaded_to.clone(),
+            backlog.clone(),
         )?;
         debug!(peer = %addr, client = %client_name(&hs.peer_id), fast = hs.fast, "peer connected");
-        let writer = tokio::spawn(self.clone().writer(wr, rx, key, hs.fast, uploaded_to));
+        let writer = tokio::spawn(self.clone().writer(wr, rx, key, uploaded_to, backlog));
         let max_frame = 13 + MAX_REQUEST as usize + self.shared.lengths.piece_bitfield_bytes();
         let mut frames = FrameReader::new(rd, max_frame);
         let result = loop {
@@ -672,6 +708,7 @@ impl Swarm {
         tx: mpsc::UnboundedSender<Out>,
         kill: Arc<Notify>,
         uploaded_to: Arc<AtomicU64>,
+        backlog: Arc<Backlog>,
     ) -> Result<u64, SwarmError> {
         let mut st = self.lock();
         if outgoing {
@@ -718,8 +755,11 @@ impl Swarm {
                 suggested: VecDeque::new(),
                 uploaded_to,
                 downloaded_from: 0,
+                last_block: None,
                 rate: RateMeter::new(),
                 outgoing,
+                admit: Admission::default(),
+                backlog: backlog.clone(),
             },
         );
         // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
@@ -731,9 +771,10 @@ impl Swarm {
         } else {
             Msg::Bitfield(wire::bitfield_from(&st.have))
         };
-        let _ = tx.send(Out::Msg(first));
+        let p = st.peers.get(&key).expect("inserted");
+        p.send(first);
         // We never choke on a LAN: everyone may ask from the start.
-        let _ = tx.send(Out::Msg(Msg::Unchoke));
+        p.send(Msg::Unchoke);
         Ok(key)
     }
 
@@ -836,7 +877,10 @@ impl Swarm {
                     p.choked_us = true;
                     if !p.fast {
                         // Without the Fast extension a choke drops every pending request.
-                        let pending: Vec<_> = p.inflight.drain().map(|(k, _)| k).collect();
+                        let pending: Vec<_> = p.inflight.keys().copied().collect();
+                        for &(i, b) in &pending {
+                            p.give_up(i, b);
+                        }
                         for (i, b) in pending {
                             Self::release_block(st, key, i, b);
                         }
@@ -880,20 +924,26 @@ impl Swarm {
                     None
                 };
                 if let Some(p) = st.peers.get(&key) {
-                    if ok && !refuse {
+                    // Past `MAX_QUEUED_REQUESTS` a request is refused like any other.
+                    if ok && !refuse && p.backlog.try_queue_request() {
                         let _ = p.tx.send(Out::Serve(r));
                     } else if p.fast {
-                        let _ = p.tx.send(Out::Msg(Msg::Reject(r)));
+                        p.send(Msg::Reject(r));
                         st.rejects_sent += 1;
                         if let Some(j) = suggest {
-                            let _ = p.tx.send(Out::Msg(Msg::Suggest(j)));
+                            p.send(Msg::Suggest(j));
                         }
                     }
                 }
             }
             Msg::Cancel(r) => {
                 if let Some(p) = st.peers.get(&key) {
-                    let _ = p.tx.send(Out::Cancel(r));
+                    // Counted like a message until the writer takes it.
+                    if p.backlog.queue_msg(&Msg::Cancel(r)) {
+                        let _ = p.tx.send(Out::Cancel(r));
+                    } else {
+                        p.kill.notify_one();
+                    }
                 }
             }
             Msg::Reject(r) => {
@@ -1020,7 +1070,7 @@ impl Swarm {
                 } else {
                     Msg::NotInterested
                 };
-                let _ = p.tx.send(Out::Msg(m));
+                p.send(m);
             }
         }
     }
@@ -1230,11 +1280,11 @@ impl Swarm {
             };
             let p = st.peers.get_mut(&key).expect("present");
             p.inflight.insert((index, begin), Instant::now());
-            let _ = p.tx.send(Out::Msg(Msg::Request(Req {
+            p.send(Msg::Request(Req {
                 index,
                 begin,
                 length,
-            })));
+            }));
         }
     }
 
@@ -1259,9 +1309,25 @@ impl Swarm {
                 data.len()
             )));
         }
-        if let Some(p) = st.peers.get_mut(&key) {
-            p.inflight.remove(&(index, begin));
+        let Some(p) = st.peers.get_mut(&key) else {
+            return Ok(());
+        };
+        let requested = p.inflight.remove(&(index, begin)).is_some();
+        match p.admit.judge(requested, index, begin) {
+            Verdict::Accept => {}
+            Verdict::Late => return Ok(()),
+            Verdict::Strike => {
+                debug!(peer = %p.addr, piece = index, begin, strikes = p.admit.strikes(), "dropped a block we did not ask this peer for");
+                return Ok(());
+            }
+            Verdict::Ban => {
+                self.ban(st, key, "sends blocks nobody asked it for");
+                return Err(SwarmError::Banned);
+            }
+        }
+        {
             p.downloaded_from += data.len() as u64;
+            p.last_block = Some(Instant::now());
             p.rate.add(data.len() as u64);
         }
         st.downloaded += data.len() as u64;
@@ -1285,12 +1351,12 @@ impl Swarm {
         let length = data.len() as u32;
         for k in others {
             if let Some(p) = st.peers.get_mut(&k) {
-                if p.inflight.remove(&(index, begin)).is_some() {
-                    let _ = p.tx.send(Out::Msg(Msg::Cancel(Req {
+                if p.give_up(index, begin) {
+                    p.send(Msg::Cancel(Req {
                         index,
                         begin,
                         length,
-                    })));
+                    }));
                 }
             }
         }
@@ -1358,7 +1424,7 @@ impl Swarm {
         }
         if contributors.len() == 1 {
             let k = *contributors.iter().next().expect("one");
-            self.ban(st, k);
+            self.ban(st, k, "sent corrupt data");
         } else {
             debug!(
                 piece = index,
@@ -1371,11 +1437,11 @@ impl Swarm {
 
     /// Drops and bans a peer for the session, and forgets the blocks it sent for pieces not
     /// yet complete (they would only fail their hash later).
-    fn ban(&self, st: &mut State, key: u64) {
+    fn ban(&self, st: &mut State, key: u64, why: &str) {
         let Some(p) = st.peers.get(&key) else {
             return;
         };
-        warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that sent corrupt data");
+        warn!(peer = %p.addr, client = %client_name(&p.peer_id), "banning peer that {why}");
         p.kill.notify_one();
         st.banned.insert(p.addr.ip());
         st.banned_ids.insert(p.peer_id);
@@ -1416,10 +1482,10 @@ impl Swarm {
                 .filter(|(pi, _)| *pi == index)
                 .copied()
                 .collect();
-            for key in stale {
-                p.inflight.remove(&key);
+            for (pi, b) in stale {
+                p.give_up(pi, b);
             }
-            let _ = p.tx.send(Out::Msg(Msg::Have(index)));
+            p.send(Msg::Have(index));
             self.update_interest(st, k);
         }
     }
@@ -1450,8 +1516,8 @@ impl Swarm {
         wr: tokio::net::tcp::OwnedWriteHalf,
         mut rx: mpsc::UnboundedReceiver<Out>,
         key: u64,
-        _fast: bool,
         uploaded_to: Arc<AtomicU64>,
+        backlog: Arc<Backlog>,
     ) {
         let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
         let mut queue = ServeQueue {
@@ -1468,12 +1534,16 @@ impl Swarm {
                     Ok(Out::Msg(m)) => {
                         buf.clear();
                         wire::encode(&m, &mut buf);
+                        backlog.msg_done(buf.len());
                         if wr.write_all(&buf).await.is_err() {
                             break 'outer;
                         }
                     }
                     Ok(Out::Serve(r)) => queue.push(r),
-                    Ok(Out::Cancel(r)) => queue.cancel(r),
+                    Ok(Out::Cancel(r)) => {
+                        backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
+                        backlog.requests_done(queue.cancel(r));
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
                 }
@@ -1533,6 +1603,7 @@ impl Swarm {
                         .uploaded
                         .fetch_add(r.length as u64, Ordering::Relaxed);
                     queue.written(r.length as u64);
+                    backlog.requests_done(1);
                 }
                 if turn.is_some() && wr.flush().await.is_err() {
                     break;
@@ -1547,12 +1618,16 @@ impl Swarm {
                 Ok(Some(Out::Msg(m))) => {
                     buf.clear();
                     wire::encode(&m, &mut buf);
+                    backlog.msg_done(buf.len());
                     if wr.write_all(&buf).await.is_err() {
                         break;
                     }
                 }
                 Ok(Some(Out::Serve(r))) => queue.push(r),
-                Ok(Some(Out::Cancel(r))) => queue.cancel(r),
+                Ok(Some(Out::Cancel(r))) => {
+                    backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
+                    backlog.requests_done(queue.cancel(r));
+                }
                 Ok(None) => break,
                 Err(_) => {
                     buf.clear();
@@ -1657,8 +1732,8 @@ impl Swarm {
                         .filter(|(_, &t)| now.duration_since(t) > timeout)
                         .map(|(k, _)| *k)
                         .collect();
-                    for (i, b) in &expired {
-                        p.inflight.remove(&(*i, *b));
+                    for &(i, b) in &expired {
+                        p.give_up(i, b);
                     }
                     for (i, b) in expired {
                         Self::release_block(&mut st, *k, i, b);
@@ -1705,9 +1780,18 @@ impl Swarm {
                     uploaded_to: p.uploaded_to.load(Ordering::Relaxed),
                     downloaded_from: p.downloaded_from,
                     fast: p.fast,
+                    useful: p.useful,
+                    since_block: p.last_block.map(|t| t.elapsed()),
                 })
                 .collect(),
         }
+    }
+
+    /// Peer addresses we were given (tracker, `--peer`) and dial.
+    pub fn known_peers(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.lock().known.keys().copied().collect();
+        v.sort();
+        v
     }
 
     pub fn is_complete(&self) -> bool {

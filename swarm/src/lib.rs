@@ -6,6 +6,8 @@
 //! session logic (picking, end game, seed mode, HAVE broadcasting) is ours.
 #![forbid(unsafe_code)]
 
+pub mod admit;
+pub mod backlog;
 pub mod engine;
 pub mod http;
 pub mod storage;
