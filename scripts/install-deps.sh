@@ -15,6 +15,9 @@ pkgs=(
   gdisk fdisk                         # sgdisk, sfdisk: whole-disk tables (fixtures, checks)
   extlinux syslinux-common            # boot test fixture: extlinux on ext4, gptmbr.bin
   busybox-static cpio                 # boot test fixture: the initramfs (static busybox, newc cpio)
+  kmod                                # build-netboot.sh: depmod (modules.dep, modules.alias of the initramfs)
+  ipxe                                # netboot: undionly.kpxe, chainloaded by PXE ROMs (dnsmasq's TFTP)
+  dnsmasq-base                        # netboot: proxy DHCP + TFTP (seeder --print-dnsmasq-conf); no service
 )
 # The boot test (e2e/tests/boot.rs) runs QEMU (TCG) with SeaBIOS; installed without Recommends
 # (no GUI). bookworm's QEMU 7.2 cannot sit beside a qemu-utils from bookworm-backports (10.x

@@ -222,8 +222,27 @@ pub fn qemu_command(disk: &Path) -> Command {
 /// passes. After the marker, waits (within the same deadline) for the guest's `poweroff -f`
 /// to end QEMU, so the console text is complete.
 pub fn boot_until(disk: &Path, marker: &str, deadline: Duration) -> Result<Boot, BootError> {
+    console_until(
+        qemu_command(disk),
+        &disk.display().to_string(),
+        marker,
+        deadline,
+        true,
+    )
+}
+
+/// Runs the QEMU command `cmd` (its serial console on stdout) and waits until a console line
+/// contains `marker`, QEMU exits, or `deadline` passes; then (within the same deadline) for
+/// QEMU's exit if `wait_exit` (else QEMU is killed at the marker: a guest left in a shell).
+/// `what` names the guest in errors.
+pub fn console_until(
+    mut cmd: Command,
+    what: &str,
+    marker: &str,
+    deadline: Duration,
+    wait_exit: bool,
+) -> Result<Boot, BootError> {
     let start = Instant::now();
-    let mut cmd = qemu_command(disk);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -261,11 +280,16 @@ pub fn boot_until(disk: &Path, marker: &str, deadline: Duration) -> Result<Boot,
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                if to_marker.is_none() && line.contains(marker) {
+                let hit = to_marker.is_none() && line.contains(marker);
+                if hit {
                     to_marker = Some(start.elapsed());
                 }
                 console.push_str(&line);
                 console.push('\n');
+                if hit && !wait_exit {
+                    timed_out = true;
+                    break;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 timed_out = true;
@@ -291,13 +315,11 @@ pub fn boot_until(disk: &Path, marker: &str, deadline: Duration) -> Result<Boot,
         None => Err(BootError {
             reason: if timed_out {
                 format!(
-                    "{}: no {marker:?} on the serial console within {deadline:?} (QEMU killed)",
-                    disk.display()
+                    "{what}: no {marker:?} on the serial console within {deadline:?} (QEMU killed)"
                 )
             } else {
                 format!(
-                    "{}: QEMU exited ({}) after {:?} without printing {marker:?}",
-                    disk.display(),
+                    "{what}: QEMU exited ({}) after {:?} without printing {marker:?}",
                     exit.map_or("?".into(), |s| s.to_string()),
                     start.elapsed()
                 )

@@ -4,6 +4,8 @@
 //! once N receivers are complete.
 #![forbid(unsafe_code)]
 
+pub mod netboot;
+
 use std::fs::File;
 use std::io::{IsTerminal, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -111,6 +113,9 @@ pub struct Cli {
     /// More logs (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    #[command(flatten)]
+    pub netboot: netboot::NetbootArgs,
 }
 
 /// Seeder failures, each with its exit code.
@@ -415,6 +420,9 @@ impl App {
 
 /// Runs the seeder until done (with `--expect`) or killed.
 pub async fn run(cli: Cli) -> Result<(), SeederError> {
+    if cli.netboot.print_dnsmasq_conf {
+        return netboot::print_dnsmasq_conf(&cli.netboot, advertise_ip(&cli)).map_err(bad);
+    }
     let decoded = read_manifest(&cli)?;
     let m = decoded.manifest;
     let info_hash = decoded.info_hash;
@@ -505,6 +513,12 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     eprintln!(
         "seeder: on each target run:  receiver --manifest {manifest_url} --target {target_hint}"
     );
+    if let Some(dir) = &cli.netboot.netboot {
+        let url = netboot::start(&cli.netboot, dir, ip, &manifest_url)
+            .await
+            .map_err(fail)?;
+        eprintln!("seeder: netboot: iPXE script at {url}");
+    }
     info!(%manifest_url, %announce_url, bt = %my_bt, "seeder ready");
 
     // With an external tracker, announce ourselves there.
