@@ -117,9 +117,45 @@ fn declared_fs_size(file: &File, fs: &str) -> Option<u64> {
     }
 }
 
+/// A partclone-sys open error: a filesystem that failed the check is refused for safety
+/// (exit 5), anything else is not a (whole) filesystem of that type.
+fn open_err(path: &Path, fs: &str, e: partclone_sys::Error) -> ImagerError {
+    match e {
+        partclone_sys::Error::FsCheck { .. } => ImagerError::FsCheck {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
+        other => not_fs(path, fs, other),
+    }
+}
+
+/// Warns that a filesystem that failed the check is imaged anyway.
+fn warn_ignored(path: &Path, ub: &partclone_sys::UsedBlocks) {
+    if let Some(why) = ub.fs_check_failure() {
+        warn!(
+            "{}: the {} filesystem is not clean ({why}); imaging it anyway (--ignore-fs-check): \
+             the copy has the same damage",
+            path.display(),
+            ub.fs_type()
+        );
+    }
+}
+
 /// Finds the used-block map of `path` (already opened as `file`, `size` bytes) for the
-/// filesystem named by `fs_arg` (`auto`, a partclone name or a common alias).
-pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<UsedMap, ImagerError> {
+/// filesystem named by `fs_arg` (`auto`, a partclone name or a common alias). A filesystem
+/// that fails its check (see `partclone_sys::Error::FsCheck`) is refused unless
+/// `ignore_fs_check`.
+pub fn used_map(
+    path: &Path,
+    file: &File,
+    size: u64,
+    fs_arg: &str,
+    ignore_fs_check: bool,
+) -> Result<UsedMap, ImagerError> {
+    let opts = partclone_sys::OpenOptions { ignore_fs_check };
+    let pc_opts = fsmap::PartcloneOptions {
+        ignore_fschk: ignore_fs_check,
+    };
     let fs: &'static str = if fs_arg.eq_ignore_ascii_case("auto") {
         let mut f = file;
         match fsmap::detect(&mut f).map_err(|e| fsmap_err(path, "auto", e))? {
@@ -147,8 +183,9 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             "dd",
         ),
         "ext" => {
-            let ub = partclone_sys::UsedBlocks::open_extfs(path)
-                .map_err(|e| not_fs(path, "ext2/3/4", e))?;
+            let ub = partclone_sys::UsedBlocks::open_extfs_with(path, opts)
+                .map_err(|e| open_err(path, "ext2/3/4", e))?;
+            warn_ignored(path, &ub);
             from_runs(
                 path,
                 ub.fs_type().to_string(),
@@ -163,12 +200,13 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             // Without the `ntfs` feature the installed partclone.ntfs -D maps the clusters
             // (as --list-fs says).
             let (block_size, fs_size, mut runs, backend) = if partclone_sys::ntfs_supported() {
-                let ub = partclone_sys::UsedBlocks::open_ntfs(path)
-                    .map_err(|e| not_fs(path, "ntfs", e))?;
+                let ub = partclone_sys::UsedBlocks::open_ntfs_with(path, opts)
+                    .map_err(|e| open_err(path, "ntfs", e))?;
+                warn_ignored(path, &ub);
                 let runs: Vec<(u64, u64)> = ub.runs().collect();
                 (ub.block_size(), ub.fs_size(), runs, "libntfs-3g")
             } else {
-                let u = fsmap::partclone_usage("ntfs", path, size)
+                let u = fsmap::partclone_usage_with("ntfs", path, size, &pc_opts)
                     .map_err(|e| ImagerError::Backend(format!("{}: {e}", path.display())))?;
                 let fs_size =
                     ntfs_clusters_end(file, u.block_size).map_err(|e| not_fs(path, "ntfs", e))?;
@@ -205,7 +243,7 @@ pub fn used_map(path: &Path, file: &File, size: u64, fs_arg: &str) -> Result<Use
             from_runs(path, u.fs_type, u.block_size, 0, size, u.runs, "rust")
         }
         other => {
-            let u = fsmap::partclone_usage(other, path, size)
+            let u = fsmap::partclone_usage_with(other, path, size, &pc_opts)
                 .map_err(|e| ImagerError::Backend(format!("{}: {e}", path.display())))?;
             // partclone -D does not notice a truncated image whose missing tail holds no used
             // block: check the size the superblock declares where we know how to read it.

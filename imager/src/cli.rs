@@ -98,6 +98,13 @@ pub struct Cli {
     #[arg(long, env = "IMAGER_FORCE")]
     pub force: bool,
 
+    /// Image a filesystem that fails the check anyway, with a warning: errors recorded, not
+    /// cleanly unmounted, a journal to replay, an NTFS volume marked dirty, or a bitmap that
+    /// disagrees with the free counts (default: refuse, exit 5). Also passes -I to
+    /// `partclone.<fs> -D`.
+    #[arg(long, env = "IMAGER_IGNORE_FS_CHECK", value_parser = clap::builder::BoolishValueParser::new())]
+    pub ignore_fs_check: bool,
+
     /// Hashing threads (default: all cores).
     #[arg(long, env = "IMAGER_THREADS")]
     pub threads: Option<usize>,

@@ -86,6 +86,7 @@ fn partition_runs(
     source: &Path,
     file: &File,
     p: &Part,
+    ignore_fs_check: bool,
 ) -> Result<(String, Vec<(u64, u64)>), ImagerError> {
     let who = format!("partition {} of {}", p.number, source.display());
     if p.is_extended {
@@ -114,14 +115,23 @@ fn partition_runs(
         path: lo.path.clone(),
         source: e,
     })?;
-    let used: UsedMap = backend::used_map(&lo.path, &dev, p.size, fs).map_err(|e| match e {
-        ImagerError::NotFilesystem { fs, reason, .. } => ImagerError::NotFilesystem {
-            path: PathBuf::from(&who),
-            fs,
-            reason,
-        },
-        other => other,
-    })?;
+    let used: UsedMap =
+        backend::used_map(&lo.path, &dev, p.size, fs, ignore_fs_check).map_err(|e| match e {
+            ImagerError::NotFilesystem { fs, reason, .. } => ImagerError::NotFilesystem {
+                path: PathBuf::from(&who),
+                fs,
+                reason,
+            },
+            ImagerError::FsCheck { message, .. } => ImagerError::FsCheck {
+                path: PathBuf::from(&who),
+                // The loop device's name means nothing to the user: name the partition.
+                message: format!(
+                    "{who}: {}",
+                    message.trim_start_matches(&format!("{}: ", lo.path.display()))
+                ),
+            },
+            other => other,
+        })?;
     info!(partition = p.number, fs = %used.fs_type, backend = used.backend, used = used.map.packed_len(), "partition mapped");
     let runs = used
         .map
@@ -138,11 +148,12 @@ pub fn disk_map(
     file: &File,
     size: u64,
     t: &Table,
+    ignore_fs_check: bool,
 ) -> Result<(UsedMap, DiskLayout), ImagerError> {
     let mut runs: Vec<(u64, u64)> = t.always.clone();
     let mut found = Vec::with_capacity(t.partitions.len());
     for p in &t.partitions {
-        let (fs, rel) = partition_runs(source, file, p)?;
+        let (fs, rel) = partition_runs(source, file, p, ignore_fs_check)?;
         if !p.is_extended {
             runs.push((p.start, PARTITION_HEAD.min(p.size)));
         }

@@ -46,6 +46,8 @@ pub enum ImagerError {
     Target(#[from] device::TargetError),
     #[error("source {path} is mounted read-write on {mountpoint}: a copy would be torn by writes during imaging; unmount it, remount it read-only, or pass --force")]
     MountedSource { path: PathBuf, mountpoint: String },
+    #[error("{message}; or pass --ignore-fs-check to image it as it is")]
+    FsCheck { path: PathBuf, message: String },
     #[error("refusing to write a binary manifest to a terminal: redirect stdout, pipe it to `seeder`, or use -o FILE")]
     BinaryToTerminal,
     #[error("unsupported filesystem {0:?} (see imager --list-fs)")]
@@ -74,7 +76,7 @@ impl ImagerError {
             }
             UnknownFs(_) | Map(_) | Backend(_) | Disk(_) => exit::BAD_INPUT,
             Target(_) => exit::BAD_TARGET,
-            MountedSource { .. } | BinaryToTerminal => exit::REFUSED,
+            MountedSource { .. } | BinaryToTerminal | FsCheck { .. } => exit::REFUSED,
             Read { .. } | Write { .. } | Manifest(_) | Output { .. } | Internal(_) => exit::FAILURE,
         }
     }
@@ -147,10 +149,13 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     };
     let (used, layout) = match &table {
         Some(t) => {
-            let (used, layout) = disk::disk_map(source, &src, src_size, t)?;
+            let (used, layout) = disk::disk_map(source, &src, src_size, t, cli.ignore_fs_check)?;
             (used, Some(layout))
         }
-        None => (backend::used_map(source, &src, src_size, &cli.fs)?, None),
+        None => (
+            backend::used_map(source, &src, src_size, &cli.fs, cli.ignore_fs_check)?,
+            None,
+        ),
     };
     info!(
         fs = %used.fs_type,

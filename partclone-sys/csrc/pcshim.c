@@ -98,6 +98,34 @@ static void clear_error(pcs_error *err)
     err->message[0] = '\0';
 }
 
+/*
+ * Appends one reason of a failed check to err->message ("; " between
+ * reasons) and counts it in *n.  A message too long for the buffer is cut.
+ */
+static void add_reason(pcs_error *err, int *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void add_reason(pcs_error *err, int *n, const char *fmt, ...)
+{
+    va_list ap;
+    size_t len;
+
+    (*n)++;
+    if (!err)
+        return;
+    err->code = PCS_ERR_FS_CHECK;
+    len = strnlen(err->message, sizeof(err->message));
+    if (*n > 1 && len + 2 < sizeof(err->message)) {
+        memcpy(err->message + len, "; ", 3);
+        len += 2;
+    }
+    if (len + 1 >= sizeof(err->message))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err->message + len, sizeof(err->message) - len, fmt, ap);
+    va_end(ap);
+}
+
 static pthread_once_t ext2_errors_once = PTHREAD_ONCE_INIT;
 
 static void init_ext2_errors(void)
@@ -355,16 +383,6 @@ int pcs_open_extfs(const char *path, pcs_fs **out, pcs_error *err)
         ext2fs_close_free(&e);
         return -1;
     }
-    if (ext2fs_has_feature_journal_needs_recovery(e->super)) {
-        /* Blocks allocated by committed but not yet checkpointed
-         * transactions are still free in the on-disk bitmap. */
-        set_error(err, EXT2_ET_UNSUPP_FEATURE,
-                  "the journal needs recovery (filesystem mounted read-write "
-                  "or not cleanly unmounted): its on-disk block bitmap may "
-                  "miss allocated blocks; run e2fsck first");
-        ext2fs_close_free(&e);
-        return -1;
-    }
 
     fs = calloc(1, sizeof(*fs));
     if (!fs) {
@@ -404,6 +422,132 @@ int pcs_open_extfs(const char *path, pcs_fs **out, pcs_error *err)
     }
     fs->info.used_blocks = used;
     *out = fs;
+    return 0;
+}
+
+/* Used blocks of group g according to the bitmap, in the unit of the
+ * group descriptors' free counts (clusters with bigalloc), and the size of
+ * the group in that unit. */
+static int ext_group_used(pcs_fs *fs, dgrp_t g, uint8_t *buf, uint64_t *used,
+                          uint64_t *size, pcs_error *err)
+{
+    ext2_filsys e = fs->ext;
+    const uint64_t total = ext2fs_blocks_count(e->super);
+    const uint64_t ratio = (uint64_t)EXT2FS_CLUSTER_RATIO(e);
+    const uint64_t bpg = (uint64_t)e->super->s_blocks_per_group;
+    const uint64_t start = (uint64_t)e->super->s_first_data_block + g * bpg;
+    uint64_t blocks = total > start ? total - start : 0;
+    uint64_t j, n;
+    errcode_t rc;
+
+    if (blocks > bpg)
+        blocks = bpg;
+    if (ratio > 1) {
+        /* bigalloc: one test per cluster (its first block). */
+        n = (blocks + ratio - 1) / ratio;
+        *used = 0;
+        for (j = 0; j < n; j++)
+            if (ext2fs_test_block_bitmap2(e->block_map,
+                                          (blk64_t)(start + j * ratio)))
+                (*used)++;
+        *size = n;
+        return 0;
+    }
+    memset(buf, 0, (size_t)((blocks + 7) / 8 + 1));
+    rc = ext2fs_get_block_bitmap_range2(e->block_map, (blk64_t)start,
+                                        (size_t)blocks, buf);
+    if (rc) {
+        set_error(err, (long)rc,
+                  "ext2fs_get_block_bitmap_range2(group %u): %s", (unsigned)g,
+                  ext2_message(rc));
+        return -1;
+    }
+    if (blocks & 7)
+        buf[blocks / 8] &= (uint8_t)((1u << (blocks & 7)) - 1);
+    *used = popcount_bytes(buf, (blocks + 7) / 8);
+    *size = blocks;
+    return 0;
+}
+
+static int ext_check(pcs_fs *fs, pcs_error *err)
+{
+    ext2_filsys e = fs->ext;
+    struct ext2_super_block *sb = e->super;
+    const uint64_t total = ext2fs_blocks_count(sb);
+    const uint64_t sb_free = ext2fs_free_blocks_count(sb);
+    uint64_t bad_groups = 0, first_bad = 0, bad_used = 0, bad_free = 0;
+    uint8_t *buf;
+    dgrp_t g;
+    int n = 0;
+
+    if (sb->s_state & EXT2_ERROR_FS)
+        add_reason(err, &n, "the superblock state says errors were found "
+                            "(s_state 0x%x)", (unsigned)sb->s_state);
+    if (!(sb->s_state & EXT2_VALID_FS))
+        add_reason(err, &n, "not cleanly unmounted (s_state 0x%x lacks "
+                            "EXT2_VALID_FS)", (unsigned)sb->s_state);
+    if (sb->s_error_count || sb->s_first_error_time || sb->s_last_error_time) {
+        if (sb->s_last_error_func[0])
+            add_reason(err, &n, "the kernel recorded errors (s_error_count %u, "
+                                "the last in %.32s, inode %u, block %llu)",
+                       (unsigned)sb->s_error_count,
+                       (const char *)sb->s_last_error_func,
+                       (unsigned)sb->s_last_error_ino,
+                       (unsigned long long)sb->s_last_error_block);
+        else
+            add_reason(err, &n, "the kernel recorded errors (s_error_count %u)",
+                       (unsigned)sb->s_error_count);
+    }
+    if (ext2fs_has_feature_journal_needs_recovery(sb))
+        /* Blocks allocated by committed but not yet checkpointed
+         * transactions are still free in the on-disk bitmap. */
+        add_reason(err, &n, "the journal needs recovery (mounted read-write "
+                            "or not cleanly unmounted: the bitmap may miss "
+                            "blocks of committed transactions)");
+    if (sb_free > total || fs->info.used_blocks != total - sb_free)
+        add_reason(err, &n, "the bitmap has %llu used blocks but the "
+                            "superblock says %llu of %llu are free (%llu "
+                            "used)",
+                   (unsigned long long)fs->info.used_blocks,
+                   (unsigned long long)sb_free, (unsigned long long)total,
+                   (unsigned long long)(sb_free > total ? 0 : total - sb_free));
+
+    buf = malloc((size_t)sb->s_blocks_per_group / 8 + 2);
+    if (!buf) {
+        set_error(err, ENOMEM, "cannot allocate a group bitmap: %s",
+                  strerror(ENOMEM));
+        return -1;
+    }
+    for (g = 0; g < e->group_desc_count; g++) {
+        uint64_t used = 0, size = 0, gfree;
+
+        if (ext_group_used(fs, g, buf, &used, &size, err) != 0) {
+            free(buf);
+            return -1;
+        }
+        gfree = (uint64_t)ext2fs_bg_free_blocks_count(e, g);
+        if (gfree + used != size) {
+            if (bad_groups == 0) {
+                first_bad = g;
+                bad_used = used;
+                bad_free = gfree;
+            }
+            bad_groups++;
+        }
+    }
+    free(buf);
+    if (bad_groups)
+        add_reason(err, &n, "%llu group(s) whose free count disagrees with "
+                            "the bitmap, the first group %llu: %llu used, "
+                            "descriptor says %llu free of %llu",
+                   (unsigned long long)bad_groups,
+                   (unsigned long long)first_bad,
+                   (unsigned long long)bad_used, (unsigned long long)bad_free,
+                   (unsigned long long)(EXT2FS_CLUSTER_RATIO(e) > 1
+                                            ? EXT2_CLUSTERS_PER_GROUP(sb)
+                                            : sb->s_blocks_per_group));
+    if (n)
+        return -1;
     return 0;
 }
 
@@ -524,6 +668,127 @@ int pcs_open_ntfs(const char *path, pcs_fs **out, pcs_error *err)
     return 0;
 }
 
+/*
+ * Counts the clusters of [lcn, lcn + len) that $Bitmap marks free, and the
+ * clear bits of $Bitmap past the last cluster when lcn == nr_clusters.
+ */
+static int ntfs_count_free(pcs_fs *fs, uint64_t lcn, uint64_t len,
+                           uint64_t *nfree, pcs_error *err)
+{
+    uint8_t tmp[4096];
+    uint64_t done = 0;
+
+    *nfree = 0;
+    while (done < len) {
+        const uint64_t at = lcn + done;
+        const uint64_t byte = at / 8;
+        uint64_t bits = len - done;
+        uint64_t i;
+        s64 got;
+
+        if (bits > (sizeof(tmp) - 1) * 8)
+            bits = (sizeof(tmp) - 1) * 8;
+        got = ntfs_attr_pread(fs->ntfs->lcnbmp_na, (s64)byte,
+                              (s64)((at % 8 + bits + 7) / 8), tmp);
+        if (got <= 0) {
+            int e = got < 0 ? errno : EIO;
+            set_error(err, e, "ntfs_attr_pread($Bitmap at byte %llu): %s",
+                      (unsigned long long)byte, strerror(e));
+            return -1;
+        }
+        if ((uint64_t)got * 8 < at % 8 + bits)
+            bits = (uint64_t)got * 8 - at % 8;
+        for (i = 0; i < bits; i++) {
+            const uint64_t b = at % 8 + i;
+            if (!(tmp[b / 8] & (1u << (b % 8))))
+                (*nfree)++;
+        }
+        done += bits;
+    }
+    return 0;
+}
+
+/* Checks that every cluster of a system file's data is marked used: adds a
+ * reason naming the file otherwise. */
+static int ntfs_check_runs(pcs_fs *fs, ntfs_attr *na, const char *name,
+                           int *n, pcs_error *err)
+{
+    runlist_element *rl;
+    uint64_t nfree = 0, total = 0;
+
+    if (!na)
+        return 0;
+    if (ntfs_attr_map_whole_runlist(na) != 0) {
+        int e = errno ? errno : EIO;
+        set_error(err, e, "cannot map the runlist of %s: %s", name,
+                  strerror(e));
+        return -1;
+    }
+    for (rl = na->rl; rl && rl->length; rl++) {
+        uint64_t f = 0;
+        if (rl->lcn < 0)
+            continue;
+        if ((uint64_t)rl->lcn + (uint64_t)rl->length >
+            fs->info.total_blocks) {
+            add_reason(err, n, "%s has clusters past the end of the volume",
+                       name);
+            return 0;
+        }
+        if (ntfs_count_free(fs, (uint64_t)rl->lcn, (uint64_t)rl->length, &f,
+                            err) != 0)
+            return -1;
+        nfree += f;
+        total += (uint64_t)rl->length;
+    }
+    if (nfree)
+        add_reason(err, n, "$Bitmap marks %llu of the %llu clusters of %s "
+                           "free",
+                   (unsigned long long)nfree, (unsigned long long)total, name);
+    return 0;
+}
+
+static int ntfs_check(pcs_fs *fs, pcs_error *err)
+{
+    ntfs_volume *vol = fs->ntfs;
+    const uint64_t clusters = fs->info.total_blocks;
+    const uint64_t pad_bits =
+        (uint64_t)vol->lcnbmp_na->data_size * 8 - clusters;
+    uint64_t pad_free = 0, boot_free = 0;
+    int n = 0;
+
+    if (vol->flags & VOLUME_IS_DIRTY)
+        add_reason(err, &n, "the volume is marked dirty (a check is "
+                            "scheduled, or it was not shut down cleanly)");
+    /* NTFS stores no free count: libntfs-3g counts $Bitmap's clear bits,
+     * its padding past the last cluster included, with its own reads. */
+    if (ntfs_volume_get_free_space(vol) != 0 || vol->free_clusters < 0) {
+        int e = errno ? errno : EIO;
+        set_error(err, e, "ntfs_volume_get_free_space: %s", strerror(e));
+        return -1;
+    }
+    if (pad_bits && ntfs_count_free(fs, clusters, pad_bits, &pad_free, err))
+        return -1;
+    if ((uint64_t)vol->free_clusters != clusters - fs->info.used_blocks +
+                                            pad_free)
+        add_reason(err, &n, "libntfs-3g counts %lld free clusters but the "
+                            "bitmap walk %llu (+%llu clear padding bits)",
+                   (long long)vol->free_clusters,
+                   (unsigned long long)(clusters - fs->info.used_blocks),
+                   (unsigned long long)pad_free);
+    if (ntfs_count_free(fs, 0, 1, &boot_free, err) != 0)
+        return -1;
+    if (boot_free)
+        add_reason(err, &n, "$Bitmap marks the boot sector's cluster free");
+    if (ntfs_check_runs(fs, vol->mft_na, "$MFT", &n, err) != 0 ||
+        ntfs_check_runs(fs, vol->mftmirr_na, "$MFTMirr", &n, err) != 0 ||
+        ntfs_check_runs(fs, vol->lcnbmp_na, "$Bitmap", &n, err) != 0 ||
+        ntfs_check_runs(fs, vol->mftbmp_na, "$MFT's bitmap", &n, err) != 0)
+        return -1;
+    if (n)
+        return -1;
+    return 0;
+}
+
 int pcs_ntfs_supported(void)
 {
     return 1;
@@ -553,6 +818,24 @@ int pcs_ntfs_supported(void)
 /* ------------------------------------------------------------------ */
 /* common entry points                                                */
 /* ------------------------------------------------------------------ */
+
+int pcs_check(pcs_fs *fs, pcs_error *err)
+{
+    clear_error(err);
+    if (check_handle(fs, err) != 0)
+        return -1;
+    switch (fs->kind) {
+    case PCS_KIND_EXT:
+        return ext_check(fs, err);
+#ifdef PCS_HAVE_NTFS
+    case PCS_KIND_NTFS:
+        return ntfs_check(fs, err);
+#endif
+    default:
+        set_error(err, PCS_ERR_INVALID_ARGUMENT, "invalid pcs_fs handle");
+        return -1;
+    }
+}
 
 int pcs_get_info(const pcs_fs *fs, pcs_info *info)
 {

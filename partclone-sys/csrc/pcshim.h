@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /** Size of pcs_error.message, including the terminating NUL. */
-#define PCS_ERROR_MESSAGE_LEN 256
+#define PCS_ERROR_MESSAGE_LEN 512
 /** Size of pcs_info.fs_type, including the terminating NUL. */
 #define PCS_FS_TYPE_LEN 16
 
@@ -48,6 +48,10 @@ extern "C" {
 #define PCS_ERR_NOT_COMPILED (-5)
 /** The allocation bitmap could not be read completely. */
 #define PCS_ERR_SHORT_BITMAP (-6)
+/** pcs_check found the filesystem not clean (errors recorded, not cleanly
+ * unmounted, journal to replay, marked dirty) or its bitmap disagrees with
+ * its free-space counts. */
+#define PCS_ERR_FS_CHECK (-7)
 
 /** Error report: a numeric code and a human-readable, NUL-terminated
  * message with context (which file, which step). */
@@ -93,6 +97,21 @@ int pcs_open_ntfs(const char *path, pcs_fs **out, pcs_error *err);
 
 /** 1 if the shim was built with NTFS support, 0 otherwise. */
 int pcs_ntfs_supported(void);
+
+/**
+ * Check that an open filesystem is clean enough to image, as partclone does
+ * before it copies (and more).  ext2/3/4: s_state must have EXT2_VALID_FS
+ * and not EXT2_ERROR_FS, no errors recorded (s_error_count,
+ * s_first/last_error_time), no journal to replay (needs_recovery), and the
+ * used blocks of the bitmap must equal s_blocks_count - s_free_blocks_count,
+ * and per group the group descriptor's free count.  NTFS: the volume must
+ * not be marked dirty, libntfs-3g's free-cluster count must agree with the
+ * bitmap, and the clusters of $MFT, $MFTMirr and $Bitmap must be marked
+ * used.  Returns 0 when clean, else PCS_ERR_FS_CHECK with every reason
+ * found in err->message (or another code when the check itself failed).
+ * The handle stays usable either way.
+ */
+int pcs_check(pcs_fs *fs, pcs_error *err);
 
 /** Copy the geometry of an open filesystem into *info. */
 int pcs_get_info(const pcs_fs *fs, pcs_info *info);

@@ -54,10 +54,23 @@
 //!
 //! Opening fails with [`Error::Open`] (never a crash, print or exit) for
 //! files that are not a filesystem of the requested type, for devices or
-//! images smaller than the filesystem they hold (truncated images), for
-//! external ext3/4 journal devices, and for ext3/4 filesystems whose journal
-//! needs recovery (mounted read-write, or not cleanly unmounted): their
-//! on-disk block bitmap may miss blocks of committed transactions.
+//! images smaller than the filesystem they hold (truncated images), and for
+//! external ext3/4 journal devices.
+//!
+//! It fails with [`Error::FsCheck`] for a filesystem that is not clean, as
+//! partclone refuses one (unless [`OpenOptions::ignore_fs_check`]):
+//!
+//! * ext2/3/4: the superblock state says errors were found or lacks "valid"
+//!   (not cleanly unmounted), the kernel recorded errors (`s_error_count`,
+//!   `s_first/last_error_time`), or the journal needs recovery (mounted
+//!   read-write, or a crash: the on-disk bitmap may miss blocks of committed
+//!   transactions); or the bitmap disagrees with the free counts: its used
+//!   blocks must equal `s_blocks_count - s_free_blocks_count`, and each
+//!   group's those its descriptor says.  `e2fsck -f` repairs all of these.
+//! * NTFS: the volume is marked dirty; libntfs-3g's free-cluster count
+//!   disagrees with the bitmap walk; or `$Bitmap` marks free a cluster of
+//!   the boot sector, `$MFT`, `$MFTMirr`, `$Bitmap` or the MFT's bitmap.
+//!   `chkdsk /f` in Windows repairs these (`ntfsfix -d` clears the flag).
 //!
 //! # What is not copied
 //!
@@ -125,12 +138,40 @@ pub enum Error {
         /// What went wrong, with context.
         message: String,
     },
+    /// The filesystem opened but is not clean (see "What is refused" in the
+    /// crate documentation): `reason` lists everything found.
+    #[error("{}: the {fs_type} filesystem is not clean: {reason}; {}", path.display(), repair_hint(fs_type))]
+    FsCheck {
+        /// The path given to the open function.
+        path: PathBuf,
+        /// As [`UsedBlocks::fs_type`].
+        fs_type: String,
+        /// Every reason found, separated by `; `.
+        reason: String,
+    },
     /// Support for this filesystem was not compiled in.
     #[error("{0}")]
     NotCompiled(&'static str),
     /// The path cannot be passed to C: it contains a NUL byte.
     #[error("invalid path {0:?}: contains a NUL byte")]
     InvalidPath(PathBuf),
+}
+
+/// What repairs a filesystem of this type that [`Error::FsCheck`] refused.
+pub fn repair_hint(fs_type: &str) -> &'static str {
+    if fs_type == "ntfs" {
+        "repair it with chkdsk /f in Windows (ntfsfix -d only clears the dirty flag)"
+    } else {
+        "repair it with e2fsck -f"
+    }
+}
+
+/// How to open a filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Open a filesystem that fails the check ([`Error::FsCheck`]) anyway;
+    /// [`UsedBlocks::fs_check_failure`] then says why it failed.
+    pub ignore_fs_check: bool,
 }
 
 /// Whether this build has NTFS support (cargo feature `ntfs`).
@@ -157,6 +198,7 @@ pub struct UsedBlocks {
     fs_size: u64,
     device_size: u64,
     bitmap: Vec<u8>,
+    fs_check_failure: Option<String>,
 }
 
 // SAFETY: the pcs_fs handle is owned exclusively by this value; the shim
@@ -170,27 +212,40 @@ unsafe impl Sync for UsedBlocks {}
 impl UsedBlocks {
     /// Opens an ext2, ext3 or ext4 filesystem (image file or block device)
     /// read-only and reads its block bitmap.
+    ///
+    /// A filesystem that is not clean is refused with [`Error::FsCheck`].
     pub fn open_extfs(path: &Path) -> Result<UsedBlocks, Error> {
-        Self::open_with(path, ffi::pcs_open_extfs)
+        Self::open_extfs_with(path, OpenOptions::default())
+    }
+
+    /// [`open_extfs`](Self::open_extfs) with options.
+    pub fn open_extfs_with(path: &Path, opts: OpenOptions) -> Result<UsedBlocks, Error> {
+        Self::open_with(path, ffi::pcs_open_extfs, opts)
     }
 
     /// Opens an NTFS filesystem read-only and reads its `$Bitmap`.
     ///
     /// Needs the cargo feature `ntfs`; without it this returns
     /// [`Error::NotCompiled`].
+    /// A volume that is not clean is refused with [`Error::FsCheck`].
     pub fn open_ntfs(path: &Path) -> Result<UsedBlocks, Error> {
+        Self::open_ntfs_with(path, OpenOptions::default())
+    }
+
+    /// [`open_ntfs`](Self::open_ntfs) with options.
+    pub fn open_ntfs_with(path: &Path, opts: OpenOptions) -> Result<UsedBlocks, Error> {
         #[cfg(feature = "ntfs")]
         {
-            Self::open_with(path, ffi::pcs_open_ntfs)
+            Self::open_with(path, ffi::pcs_open_ntfs, opts)
         }
         #[cfg(not(feature = "ntfs"))]
         {
-            let _ = path;
+            let _ = (path, opts);
             Err(Error::NotCompiled(NTFS_NOT_COMPILED))
         }
     }
 
-    fn open_with(path: &Path, open: OpenFn) -> Result<UsedBlocks, Error> {
+    fn open_with(path: &Path, open: OpenFn, opts: OpenOptions) -> Result<UsedBlocks, Error> {
         let c_path = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::InvalidPath(path.to_path_buf()))?;
         let mut err = new_error();
@@ -217,6 +272,7 @@ impl UsedBlocks {
             fs_size: 0,
             device_size: 0,
             bitmap: Vec::new(),
+            fs_check_failure: None,
         };
         if rc != 0 {
             return Err(Error::Open {
@@ -245,6 +301,25 @@ impl UsedBlocks {
             ));
         }
         me.fs_type = c_chars_to_string(&info.fs_type);
+
+        let mut err = new_error();
+        // SAFETY: me.fs is a live handle and err is valid for writes; the
+        // shim does not keep either pointer.
+        let rc = unsafe { ffi::pcs_check(me.fs.as_ptr(), &mut err) };
+        if rc != 0 {
+            let reason = message_or(&err, "the filesystem check failed without a message");
+            if code_of(&err) != i64::from(ffi::PCS_ERR_FS_CHECK) {
+                return Err(me.bitmap_error(code_of(&err), reason));
+            }
+            if !opts.ignore_fs_check {
+                return Err(Error::FsCheck {
+                    path: me.path.clone(),
+                    fs_type: me.fs_type.clone(),
+                    reason,
+                });
+            }
+            me.fs_check_failure = Some(reason);
+        }
         me.block_size = info.block_size;
         me.total_blocks = info.total_blocks;
         me.fs_size = info.fs_size;
@@ -302,6 +377,12 @@ impl UsedBlocks {
     /// uninit_bg, ...), else as ext3 with a journal, else as ext2.
     pub fn fs_type(&self) -> &str {
         &self.fs_type
+    }
+
+    /// Why the filesystem failed the check, when it was opened anyway with
+    /// [`OpenOptions::ignore_fs_check`]; `None` for a clean filesystem.
+    pub fn fs_check_failure(&self) -> Option<&str> {
+        self.fs_check_failure.as_deref()
     }
 
     /// Bytes per block (NTFS: per cluster).
@@ -381,6 +462,7 @@ impl fmt::Debug for UsedBlocks {
             .field("total_blocks", &self.total_blocks)
             .field("used_blocks", &self.used_blocks)
             .field("device_size", &self.device_size)
+            .field("fs_check_failure", &self.fs_check_failure)
             .finish_non_exhaustive()
     }
 }

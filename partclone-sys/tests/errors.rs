@@ -141,6 +141,6 @@ fn open_extfs_refuses_ext4_whose_journal_needs_recovery() {
         .arg(&path));
     let err = UsedBlocks::open_extfs(&path).unwrap_err();
     println!("needs recovery: {err}");
-    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert!(matches!(err, Error::FsCheck { .. }), "{err:?}");
     assert!(err.to_string().contains("journal needs recovery"), "{err}");
 }

@@ -291,3 +291,115 @@ fn open_ntfs_of_truncated_image_fails_without_crash() {
 fn ntfs_is_reported_supported() {
     assert!(partclone_sys::ntfs_supported());
 }
+
+/// A volume marked dirty is refused; `ntfsfix -d` clears the flag.
+///
+/// How it is made dirty: `ntfsfix` (without `-d`) sets VOLUME_IS_DIRTY in
+/// $Volume's VOLUME_INFORMATION so that Windows runs chkdsk at its next
+/// boot; `ntfsinfo -m` shows the flag (0x0001).  (An ntfs-3g FUSE mount
+/// killed with SIGKILL mid-write does not set it: ntfs-3g never marks a
+/// volume dirty, so that is no way to make one.)
+#[test]
+fn ntfs_marked_dirty_is_refused() {
+    let test = "ntfs_marked_dirty_is_refused";
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("dirty.ntfs");
+    if mkntfs(&image, None, test).is_none() {
+        return;
+    }
+    let clean = UsedBlocks::open_ntfs(&image).expect("a fresh volume passes the check");
+    assert_eq!(clean.fs_check_failure(), None);
+    let used = clean.used_blocks();
+    drop(clean);
+
+    let ntfsfix = required_tool("ntfsfix", "ntfs-3g");
+    run(Command::new(&ntfsfix).arg(&image));
+    let flags = run(Command::new(required_tool("ntfsinfo", "ntfs-3g"))
+        .args(["-f", "-m"])
+        .arg(&image));
+    let flags = String::from_utf8_lossy(&flags.stdout).into_owned();
+    assert!(flags.contains("Volume Flags: 0x0001"), "{flags}");
+
+    let err = UsedBlocks::open_ntfs(&image).unwrap_err();
+    println!("refused: {err}");
+    assert!(
+        matches!(&err, Error::FsCheck { reason, .. } if reason.contains("marked dirty")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("chkdsk /f"), "{err}");
+    let anyway = UsedBlocks::open_ntfs_with(&image, IGNORE).unwrap();
+    assert!(anyway.fs_check_failure().unwrap().contains("marked dirty"));
+    assert_eq!(anyway.used_blocks(), used);
+    drop(anyway);
+
+    run(Command::new(&ntfsfix).arg("-d").arg(&image));
+    let repaired = UsedBlocks::open_ntfs(&image).expect("passes after ntfsfix -d");
+    assert_eq!(repaired.fs_check_failure(), None);
+}
+
+/// The first run (LCN, length) of `$Bitmap`'s data (MFT record 6), from
+/// `ntfsinfo -v -i 6`.
+fn bitmap_lcn(image: &Path) -> u64 {
+    let out = run(Command::new(required_tool("ntfsinfo", "ntfs-3g"))
+        .args(["-f", "-v", "-i", "6"])
+        .arg(image));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().skip_while(|l| !l.contains("Runlist:"));
+    lines.next();
+    let run_line = lines
+        .next()
+        .unwrap_or_else(|| panic!("no runlist:\n{text}"));
+    let fields: Vec<&str> = run_line.split_whitespace().collect();
+    u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).unwrap()
+}
+
+/// A $Bitmap that marks the first clusters of $MFT free (what a torn write
+/// of $Bitmap could leave) is refused: the clusters of the system files are
+/// cross-checked against the bitmap.
+#[test]
+fn ntfs_bitmap_that_frees_mft_clusters_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let test = "ntfs_bitmap_that_frees_mft_clusters_is_refused";
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("torn.ntfs");
+    if mkntfs(&image, None, test).is_none() {
+        return;
+    }
+    let clean = UsedBlocks::open_ntfs(&image).unwrap();
+    let cluster = clean.block_size();
+    let used = clean.used_blocks();
+    drop(clean);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, 0).unwrap();
+    let mft_lcn = u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap());
+    let at = bitmap_lcn(&image) * cluster + mft_lcn / 8;
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).unwrap();
+    let bit = 1u8 << (mft_lcn % 8);
+    assert_ne!(
+        byte[0] & bit,
+        0,
+        "$MFT's first cluster is used in a fresh volume"
+    );
+    f.write_all_at(&[byte[0] & !bit], at).unwrap();
+    drop(f);
+
+    let err = UsedBlocks::open_ntfs(&image).unwrap_err();
+    println!("refused: {err}");
+    assert!(
+        matches!(&err, Error::FsCheck { reason, .. } if reason.contains("clusters of $MFT free")),
+        "{err:?}"
+    );
+    let anyway = UsedBlocks::open_ntfs_with(&image, IGNORE).unwrap();
+    assert_eq!(anyway.used_blocks(), used - 1);
+    assert!(!anyway.is_used(mft_lcn));
+}
+
+const IGNORE: partclone_sys::OpenOptions = partclone_sys::OpenOptions {
+    ignore_fs_check: true,
+};

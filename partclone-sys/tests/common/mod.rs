@@ -22,12 +22,24 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// Whether the suite requires every tool (`BLOCKSWARM_REQUIRE_FS_TOOLS=1`,
+/// as `scripts/test.sh` sets): then a missing tool fails a test.
+pub fn require_fs_tools() -> bool {
+    std::env::var("BLOCKSWARM_REQUIRE_FS_TOOLS").is_ok_and(|v| v == "1")
+}
+
 /// A tool the test cannot do without; prints why the test is skipped when
-/// it is missing.  For tools the test suite's setup installs, use
-/// [`required_tool`] instead, which fails.
+/// it is missing, or panics (test failure) when the suite requires every
+/// tool ([`require_fs_tools`]).
 pub fn optional_tool(name: &str, package: &str, test: &str) -> Option<PathBuf> {
     let found = find_tool(name);
     if found.is_none() {
+        if require_fs_tools() {
+            panic!(
+                "{test}: `{name}` not found (BLOCKSWARM_REQUIRE_FS_TOOLS=1): apt-get install \
+                 {package} (scripts/install-deps.sh installs it)"
+            );
+        }
         println!("SKIPPED {test}: `{name}` not found (apt-get install {package})");
         eprintln!("SKIPPED {test}: `{name}` not found (apt-get install {package})");
     }
