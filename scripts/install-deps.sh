@@ -8,8 +8,10 @@ pkgs=(
   ntfs-3g-dev ntfs-3g                 # partclone-sys feature ntfs; mkntfs, ntfsfix, FUSE mount
   partclone                           # the oracle for used-block maps, and the -D backend
   dosfstools mtools                   # FAT: mkfs.fat, fsck.fat, mcopy
-  exfatprogs exfat-fuse               # exFAT
-  xfsprogs btrfs-progs f2fs-tools     # filesystems handled through partclone -D
+  exfatprogs exfat-fuse               # exFAT (mkfs.exfat cannot populate: tests fill it through exfat-fuse)
+  xfsprogs btrfs-progs f2fs-tools     # filesystems handled through partclone -D (f2fs: detection test)
+  # No HFS+ mkfs: hfsprogs is not in bookworm (apt-cache policy hfsprogs: no candidate), so
+  # fsmap/tests/detect.rs checks HFS+ volume headers laid out by hand.
   transmission-cli aria2 python3-libtorrent opentracker  # BitTorrent software no one here wrote
   util-linux iproute2 file curl       # losetup, mount; ip/tc for the LAN bench; file; curl
   gdisk fdisk                         # sgdisk, sfdisk: whole-disk tables (fixtures, checks)

@@ -390,9 +390,25 @@ fn receiver_killed_half_way_resumes_and_finishes_correct() {
     let t = d.join("t.img");
     random_target(&t, f.m.map.device_size(), 5);
     let mut first = receiver(&ip(2), &url, &t, &[], d, "receiver-1");
-    let half = Duration::from_secs_f64(f.m.total_length() as f64 / (4 << 20) as f64 / 2.0);
-    std::thread::sleep(half + Duration::from_millis(500));
+    // Killed once the seeder has sent half of the data (its /status), not after a guessed
+    // time: under load a sleep could kill it before it got anything, or after it finished.
+    let half = f.m.total_length() / 2;
+    let uploaded = || {
+        http_get(&format!("http://{}:6880/status", ip(1)))
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|s| s["uploaded"].as_u64())
+    };
+    assert!(
+        wait_until(T, || uploaded().is_some_and(|u| u >= half)),
+        "the seeder never sent half of the {} bytes",
+        f.m.total_length()
+    );
     first.kill();
+    eprintln!(
+        "receiver-1 killed after the seeder sent {:?} of {} bytes",
+        uploaded(),
+        f.m.total_length()
+    );
     let mut second = receiver(&ip(2), &url, &t, &["--verify"], d, "receiver-2");
     assert_eq!(
         second.wait(T),

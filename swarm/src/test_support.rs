@@ -10,7 +10,7 @@ pub struct LoopDevice {
 
 impl LoopDevice {
     /// Attaches `backing` with `losetup -f --show`. When that fails the test is skipped (None,
-    /// with a SKIP line), unless the suite requires the tools (`BLOCKSWARM_REQUIRE_FS_TOOLS`),
+    /// with a SKIP line), unless the suite requires the tools (`BLOCKSWARM_REQUIRE_FS_TOOLS=1`),
     /// in which case it panics.
     pub fn attach(backing: &Path) -> Option<Self> {
         let out = Command::new("losetup")
@@ -23,7 +23,7 @@ impl LoopDevice {
             }),
             other => {
                 assert!(
-                    std::env::var_os("BLOCKSWARM_REQUIRE_FS_TOOLS").is_none(),
+                    std::env::var("BLOCKSWARM_REQUIRE_FS_TOOLS").as_deref() != Ok("1"),
                     "losetup {} failed: {other:?}",
                     backing.display()
                 );

@@ -717,7 +717,8 @@ pub fn make_exfat(
     let m = Mounted::fuse(img, &mnt, "mount.exfat-fuse", &["-d"], true)
         .or_else(|| Mounted::kernel(img, &mnt, "exfat", ""));
     let Some(m) = m else {
-        println!("NOTE: cannot mount exFAT (exfat-fuse or kernel); using an empty filesystem");
+        // An empty filesystem would test nothing: the caller skips, or the suite fails.
+        cannot_mount("exFAT (exfat-fuse, or the kernel's exfat)");
         return false;
     };
     copy_tree(tree, files, &m.dir);
@@ -726,6 +727,16 @@ pub fn make_exfat(
     }
     m.unmount();
     true
+}
+
+/// A filesystem could not be mounted to put files in: fails the test under
+/// `BLOCKSWARM_REQUIRE_FS_TOOLS=1` (root, FUSE and loop devices are part of the suite's setup),
+/// else prints a SKIP line (the caller then skips what needs the files).
+fn cannot_mount(what: &str) {
+    if tools_required() {
+        panic!("cannot mount {what} (BLOCKSWARM_REQUIRE_FS_TOOLS=1): needs root, /dev/fuse, loop devices");
+    }
+    println!("SKIP (partly): cannot mount {what}; the files cannot be put in");
 }
 
 /// An NTFS image made with `mkfs.ntfs -F -Q`, populated through a foreground ntfs-3g mount;
@@ -741,7 +752,7 @@ pub fn make_ntfs(
     run_ok(tool("mkfs.ntfs").args(["-F", "-Q", "-q"]).arg(img));
     let mnt = img.with_extension("mnt");
     let Some(m) = Mounted::fuse(img, &mnt, "ntfs-3g", &["-o", "no_detach"], false) else {
-        println!("NOTE: cannot mount NTFS with ntfs-3g; using an empty filesystem");
+        cannot_mount("NTFS (ntfs-3g)");
         return false;
     };
     copy_tree(tree, files, &m.dir);
@@ -805,7 +816,7 @@ fn delete_via_mount(img: &Path, fstype: &str, gone: &[GenFile]) -> bool {
     }
     let mnt = img.with_extension("mnt");
     let Some(m) = Mounted::kernel(img, &mnt, fstype, "") else {
-        println!("NOTE: cannot loop-mount {fstype}; no files deleted");
+        cannot_mount(&format!("{fstype} (loop device and kernel mount)"));
         return false;
     };
     for f in gone {
