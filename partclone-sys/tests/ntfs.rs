@@ -159,6 +159,12 @@ fn populate_ntfs(image: &Path, work: &Path) {
             );
         }
         Err(why) => {
+            // Under the suite's setup FUSE works: a fallback there would test less than the
+            // test says (no deletions).
+            assert!(
+                !require_fs_tools(),
+                "FUSE mount not possible ({why}) under BLOCKSWARM_REQUIRE_FS_TOOLS=1"
+            );
             println!("FUSE mount not possible ({why}); populating with ntfscp, no deletions");
             let ntfscp = required_tool("ntfscp", "ntfs-3g");
             for rel in files.iter().filter(|r| r.starts_with("alpha/")) {
