@@ -11,6 +11,8 @@
 #   --late-join SECS  one receiver joins SECS late (e.g. 30)
 #   --kill-one        one receiver SIGKILLed half-way, then restarted (resume scan on)
 #   --scenario-n N    receivers in each scenario (default 8)
+#   --lossy           every link lossy: netem 2% loss, 20 ms +- 10 ms (normal) delay on
+#                     every veth end (blockswarm and udpcast alike)
 # and the default counts can be changed with --counts "1 2 4 8". See bench/README.md.
 #
 # Topology: a "switch" network namespace with a Linux bridge; one namespace per host (h0 =
@@ -41,6 +43,8 @@ TMO_FACTOR=10       # a receiver is killed (STUCK) after TMO_FACTOR x its ideal 
 UDP_BITRATE_PCT=95  # udp-sender --max-bitrate as % of RATE
 VERB=-v             # seeder/receiver log level (--debug-logs: -vv)
 LINK_STATS=0        # --link-stats: sample link counters every 0.5 s into links.txt
+LOSSY=0             # --lossy: netem loss/delay under the htb class of every veth end
+NETEM="loss 2% delay 20ms 10ms distribution normal"
 
 usage() {
     sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
@@ -58,6 +62,9 @@ Options:
   --build            cargo build --release -p imager -p seeder -p receiver first
   --tmp DIR          temp base, tmpfs recommended (default $TMPBASE)
   --debug-logs       run seeder and receivers with -vv instead of -v
+  --lossy            netem $NETEM as the child of the htb class on
+                     every veth end (both directions of every link: one way host->host
+                     crosses two ends, so ~40 ms +- 14 ms one way, ~4% loss end to end)
   --link-stats       per run, links.txt: Mbit/s every 0.5 s on the seeder's uplink and
                      receiver 1's downlink and uplink (where the time goes; use --keep-logs)
 EOF
@@ -81,6 +88,7 @@ while [ $# -gt 0 ]; do
         --tmp) TMPBASE=$2; shift ;;
         --debug-logs) VERB=-vv ;;
         --link-stats) LINK_STATS=1 ;;
+        --lossy) LOSSY=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "lan.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -232,8 +240,12 @@ shape() {       # ns dev kbit
     tc -n "$1" qdisc add dev "$2" root handle 1: htb default 1 r2q 1000 &&
     tc -n "$1" class add dev "$2" parent 1: classid 1:1 htb rate "$3"kbit ceil "$3"kbit \
         burst $burst cburst $burst quantum 30000 &&
-    tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: pfifo limit 300 ||
-        { echo "lan.sh: tc failed on $1 $2" >&2; return 1; }
+    if [ $LOSSY = 1 ]; then
+        # shellcheck disable=SC2086  # NETEM is a list of tc words
+        tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: netem $NETEM limit 1000
+    else
+        tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: pfifo limit 300
+    fi || { echo "lan.sh: tc failed on $1 $2" >&2; return 1; }
 }
 shape_host() {  # i kbit: both directions of host i's link
     shape "${P}h$1" eth0 "$2" && shape "${P}sw" "p$1" "$2"
@@ -572,7 +584,11 @@ make_image || { echo "lan.sh: making the image failed; see $LOGS/imager.log" >&2
 setup_net $maxn || { echo "lan.sh: network setup failed" >&2; exit 1; }
 
 say "blockswarm LAN bench: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r), git $(cd "$HERE/.." && git rev-parse --short HEAD 2>/dev/null)$(cd "$HERE/.." && git diff --quiet 2>/dev/null || echo +dirty)"
-say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), bridge in its own namespace"
+if [ $LOSSY = 1 ]; then
+    say "links: $RATE Mbit/s both ways per host (htb on both veth ends), LOSSY: netem $NETEM limit 1000 under htb on every veth end, bridge in its own namespace"
+else
+    say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), bridge in its own namespace"
+fi
 say "image: ext4 $(calc "$DEVSIZE / 1048576") MiB, S = $S used bytes ($(calc "'%.1f' % ($S / 1e6)") MB), pieces $PIECE, ideal S/R = $IDEAL s"
 say "blockswarm: seeder --expect N, receivers --verify --no-resume, -v logs; 'done' = last receiver's 'complete' line, 'exit' = last receiver exited 0 (after the seeder says done)"
 say "ratio = exit / (S/R); per-receiver timeout = max(60, $TMO_FACTOR x S/R) s"
