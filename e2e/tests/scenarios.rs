@@ -326,6 +326,16 @@ fn pieces_in_swarm(f: &Fixture, targets: &[PathBuf], seen: &mut [bool]) -> usize
     seen.iter().filter(|&&s| s).count()
 }
 
+/// True once the seeder on `ip` lists a receiver at `addr` with some data.
+fn has_data(ip: &str, addr: &str) -> bool {
+    status_of(ip).is_some_and(|st| {
+        st["receivers"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|r| r["addr"] == addr && r["bytes_done"].as_u64().is_some_and(|b| b > 0))
+        })
+    })
+}
+
 #[test]
 fn a_seeder_killed_once_every_piece_is_in_the_swarm_leaves_every_receiver_finishing() {
     let f = fixture(161);
@@ -333,16 +343,24 @@ fn a_seeder_killed_once_every_piece_is_in_the_swarm_leaves_every_receiver_finish
     let net = 161;
     let mut s = start_seeder(&f, net, 3, "seeder");
     let t0 = Instant::now();
-    // The seeder never says "done": seed 3 s after completing, then exit.
+    // The seeder never says "done" (it is killed): seed 20 s after completing, then exit.
     let mut rs = start_receivers(
         net,
         2..=4,
         &manifest_url(&ip(net, 1), &f.m),
         &f.m,
-        &["--seed-after", "3s"],
+        &["--seed-after", "20s"],
         &f.d,
         161,
     );
+    // On loopback the receivers trade so fast that they are complete the moment the seeder
+    // has sent its last new piece; so r4 is held (SIGSTOP) from its first data until after
+    // the kill, and must then get everything it lacks from the other two.
+    assert!(
+        wait_until(T, || has_data(&ip(net, 1), &format!("{}:6881", ip(net, 4)))),
+        "r4 never got data"
+    );
+    signal(&rs[2].1, "STOP");
     let targets: Vec<PathBuf> = rs.iter().map(|(t, _)| t.clone()).collect();
     let mut seen = vec![false; f.m.num_pieces() as usize];
     // Event, not time: every piece verified on some receiver's target.
@@ -352,20 +370,31 @@ fn a_seeder_killed_once_every_piece_is_in_the_swarm_leaves_every_receiver_finish
         "the pieces never all reached the swarm"
     );
     let complete_at_kill = rs.iter().filter(|(_, r)| is_complete(r)).count();
+    let mut r4_seen = vec![false; f.m.num_pieces() as usize];
+    let r4_at_kill = pieces_in_swarm(&f, &targets[2..], &mut r4_seen);
     s.kill();
     let killed = t0.elapsed().as_secs_f64();
+    signal(&rs[2].1, "CONT");
     let t = wait_complete(&rs.iter().map(|(_, r)| r).collect::<Vec<_>>(), t0);
+    let r4_after = t - killed;
     wait_all_ok(&mut rs, T);
     let lost = data_lost(&f, &targets.iter().map(|t| t.as_path()).collect::<Vec<_>>());
     row(
         "seeder killed once every piece is in the swarm",
-        &format!("killed at {killed:.1} s ({complete_at_kill} of 3 complete then); all 3 exit 0"),
+        &format!(
+            "killed at {killed:.1} s ({complete_at_kill} of 3 complete; r4, held by SIGSTOP, had {r4_at_kill} of {} pieces); r4 complete {r4_after:.1} s after the kill from the other two; all 3 exit 0",
+            f.m.num_pieces()
+        ),
         t,
         h,
         rewritten(&f, &rs.iter().map(|(_, r)| r).collect::<Vec<_>>()),
         lost,
     );
     assert_eq!(lost, 0);
+    assert!(
+        r4_at_kill < f.m.num_pieces() as usize,
+        "r4 was complete at the kill: nothing tested"
+    );
 }
 
 #[test]
@@ -386,18 +415,13 @@ fn a_receiver_sigstopped_30s_does_not_hold_up_the_others_and_finishes_after_sigc
     );
     // Stop r4 once it has some data (the seeder's view of it).
     assert!(
-        wait_until(T, || status_of(&ip(net, 1)).is_some_and(|st| {
-            st["receivers"].as_array().is_some_and(|a| {
-                a.iter().any(|r| {
-                    r["addr"] == format!("{}:6881", ip(net, 4))
-                        && r["bytes_done"].as_u64().is_some_and(|b| b > 0)
-                })
-            })
-        })),
+        wait_until(T, || has_data(&ip(net, 1), &format!("{}:6881", ip(net, 4)))),
         "r4 never got data"
     );
     signal(&rs[2].1, "STOP");
     let stopped = Instant::now();
+    let mut r4_seen = vec![false; f.m.num_pieces() as usize];
+    let r4_at_stop = pieces_in_swarm(&f, &[rs[2].0.clone()], &mut r4_seen);
     let others = wait_complete(&[&rs[0].1, &rs[1].1], t0);
     let others_during_stop = stopped.elapsed() < Duration::from_secs(30);
     assert!(
@@ -427,7 +451,8 @@ fn a_receiver_sigstopped_30s_does_not_hold_up_the_others_and_finishes_after_sigc
     row(
         "receiver SIGSTOPped 30 s, then SIGCONT",
         &format!(
-            "others complete at {others:.1} s (during the stop); stopped one complete {after_resume:.1} s after SIGCONT ({all:.1} s); no bans; all exit 0"
+            "stopped with {r4_at_stop} of {} pieces; others complete at {others:.1} s (during the stop); stopped one complete {after_resume:.1} s after SIGCONT ({all:.1} s); no bans; all exit 0",
+            f.m.num_pieces()
         ),
         others,
         h,
@@ -505,7 +530,7 @@ fn every_receiver_sigkilled_at_half_way_and_restarted_resumes_and_finishes() {
     row(
         "every receiver SIGKILLed at 50 %, restarted (resume)",
         &format!(
-            "killed at {killed:.1} s with {before} bytes downloaded; resume found {} pieces of {}; all 3 exit 0",
+            "killed at {killed:.1} s with {before} bytes downloaded (of 3 x {total}); the resume scans counted {} pieces of {} (pieces the download had not taken first); all 3 exit 0",
             found.join("/"),
             f.m.num_pieces()
         ),
