@@ -45,6 +45,7 @@ VERB=-v             # seeder/receiver log level (--debug-logs: -vv)
 LINK_STATS=0        # --link-stats: sample link counters every 0.5 s into links.txt
 LOSSY=0             # --lossy: netem loss/delay under the htb class of every veth end
 NETEM="loss 2% delay 20ms 10ms distribution normal"
+LOSS_HOW=""         # netem, or drop-class where the kernel has no netem (loss, no delay)
 
 usage() {
     sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
@@ -240,12 +241,28 @@ shape() {       # ns dev kbit
     tc -n "$1" qdisc add dev "$2" root handle 1: htb default 1 r2q 1000 &&
     tc -n "$1" class add dev "$2" parent 1: classid 1:1 htb rate "$3"kbit ceil "$3"kbit \
         burst $burst cburst $burst quantum 30000 &&
-    if [ $LOSSY = 1 ]; then
+    if [ $LOSSY = 1 ] && [ "$LOSS_HOW" != drop-class ]; then
         # shellcheck disable=SC2086  # NETEM is a list of tc words
-        tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: netem $NETEM limit 1000
-    else
-        tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: pfifo limit 300
-    fi || { echo "lan.sh: tc failed on $1 $2" >&2; return 1; }
+        if tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: netem $NETEM limit 1000 2>/dev/null; then
+            LOSS_HOW=netem
+            return 0
+        fi
+        [ "$LOSS_HOW" = netem ] && { echo "lan.sh: netem failed on $1 $2" >&2; return 1; }
+        # No netem in this kernel (CONFIG_NET_SCH_NETEM): 2% random loss without delay, by
+        # a classic-BPF classifier sending 2 packets in 100 (SKF_AD_RANDOM % 100 < 2) to a
+        # class whose pfifo holds 0 packets. No delay can be emulated without netem.
+        LOSS_HOW=drop-class
+        echo "lan.sh: no netem in this kernel: --lossy is 2% random loss only (no delay)" >&2
+    fi
+    tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: pfifo limit 300 ||
+        { echo "lan.sh: tc failed on $1 $2" >&2; return 1; }
+    if [ "$LOSS_HOW" = drop-class ]; then
+        tc -n "$1" class add dev "$2" parent 1: classid 1:2 htb rate "$3"kbit ceil "$3"kbit &&
+        tc -n "$1" qdisc add dev "$2" parent 1:2 handle 20: pfifo limit 0 &&
+        tc -n "$1" filter add dev "$2" parent 1: bpf bytecode \
+            "5,32 0 0 4294963256,148 0 0 100,53 0 1 2,6 0 0 65537,6 0 0 65538" ||
+            { echo "lan.sh: tc (loss filter) failed on $1 $2" >&2; return 1; }
+    fi
 }
 shape_host() {  # i kbit: both directions of host i's link
     shape "${P}h$1" eth0 "$2" && shape "${P}sw" "p$1" "$2"
@@ -584,8 +601,10 @@ make_image || { echo "lan.sh: making the image failed; see $LOGS/imager.log" >&2
 setup_net $maxn || { echo "lan.sh: network setup failed" >&2; exit 1; }
 
 say "blockswarm LAN bench: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r), git $(cd "$HERE/.." && git rev-parse --short HEAD 2>/dev/null)$(cd "$HERE/.." && git diff --quiet 2>/dev/null || echo +dirty)"
-if [ $LOSSY = 1 ]; then
+if [ "$LOSS_HOW" = netem ]; then
     say "links: $RATE Mbit/s both ways per host (htb on both veth ends), LOSSY: netem $NETEM limit 1000 under htb on every veth end, bridge in its own namespace"
+elif [ "$LOSS_HOW" = drop-class ]; then
+    say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), LOSSY without netem (not in kernel $(uname -r)): 2% of packets at every veth end classified (cBPF, SKF_AD_RANDOM) into a drop class (pfifo limit 0); NO delay; bridge in its own namespace"
 else
     say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), bridge in its own namespace"
 fi

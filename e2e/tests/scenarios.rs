@@ -595,3 +595,32 @@ fn a_peer_that_stalls_mid_piece_is_worked_around_and_everyone_finishes() {
     );
     assert_eq!(lost, 0);
 }
+
+#[test]
+fn a_receiver_with_a_too_small_target_reports_exit_4_and_the_seeder_counts_it() {
+    let f = fixture(165);
+    let net = 165;
+    let mut s = start_seeder(&f, net, 2, "seeder");
+    let url = manifest_url(&ip(net, 1), &f.m);
+    let mut rs = start_receivers(net, 2..=2, &url, &f.m, &[], &f.d, 165);
+    let small = f.d.join("small.img");
+    random_target(&small, f.m.map.device_size() / 2, 1);
+    let mut bad = receiver(&ip(net, 3), &url, &small, &[], &f.d, "r3-small");
+    assert_eq!(bad.wait(T), exit::BAD_TARGET, "{}", bad.stderr_text());
+    wait_all_ok(&mut rs, T);
+    // --expect 2: 1 complete + 1 failed (it never joined the swarm, yet it is counted).
+    assert_eq!(s.wait(T), exit::RECEIVERS_FAILED, "{}", s.stderr_text());
+    let summary = last_line(&s);
+    assert!(
+        summary.starts_with(&format!(
+            "seeder: error: 1 complete, 1 failed: {} exit 4: ",
+            ip(net, 3)
+        )),
+        "{}",
+        s.stderr_text()
+    );
+    let st = seeder_status(&s);
+    assert_eq!(st["failed"][0]["exit"], exit::BAD_TARGET, "{st}");
+    assert_eq!(st["failed"][0]["addr"], ip(net, 3), "{st}");
+    eprintln!("{summary}");
+}
