@@ -437,6 +437,12 @@ impl App {
             }
         }
         drop(seen);
+        // A receiver that reported a failure is not complete, whatever it announced (it
+        // may have had every piece in memory when its target failed the final flush).
+        for r in self.receivers().iter().filter(|r| r.failure.is_some()) {
+            done.remove(&r.peer_id);
+            pending.remove(&r.peer_id);
+        }
         pending.retain(|id| !done.contains(id));
         (done.len(), pending.len())
     }
