@@ -11,6 +11,8 @@
 #   --late-join SECS  one receiver joins SECS late (e.g. 30)
 #   --kill-one        one receiver SIGKILLed half-way, then restarted (resume scan on)
 #   --scenario-n N    receivers in each scenario (default 8)
+#   --lossy           every link lossy: netem 2% loss, 20 ms +- 10 ms (normal) delay on
+#                     every veth end (blockswarm and udpcast alike)
 # and the default counts can be changed with --counts "1 2 4 8". See bench/README.md.
 #
 # Topology: a "switch" network namespace with a Linux bridge; one namespace per host (h0 =
@@ -41,6 +43,9 @@ TMO_FACTOR=10       # a receiver is killed (STUCK) after TMO_FACTOR x its ideal 
 UDP_BITRATE_PCT=95  # udp-sender --max-bitrate as % of RATE
 VERB=-v             # seeder/receiver log level (--debug-logs: -vv)
 LINK_STATS=0        # --link-stats: sample link counters every 0.5 s into links.txt
+LOSSY=0             # --lossy: netem loss/delay under the htb class of every veth end
+NETEM="loss 2% delay 20ms 10ms distribution normal"
+LOSS_HOW=""         # netem, or drop-class where the kernel has no netem (loss, no delay)
 
 usage() {
     sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
@@ -58,6 +63,9 @@ Options:
   --build            cargo build --release -p imager -p seeder -p receiver first
   --tmp DIR          temp base, tmpfs recommended (default $TMPBASE)
   --debug-logs       run seeder and receivers with -vv instead of -v
+  --lossy            netem $NETEM as the child of the htb class on
+                     every veth end (both directions of every link: one way host->host
+                     crosses two ends, so ~40 ms +- 14 ms one way, ~4% loss end to end)
   --link-stats       per run, links.txt: Mbit/s every 0.5 s on the seeder's uplink and
                      receiver 1's downlink and uplink (where the time goes; use --keep-logs)
 EOF
@@ -81,6 +89,7 @@ while [ $# -gt 0 ]; do
         --tmp) TMPBASE=$2; shift ;;
         --debug-logs) VERB=-vv ;;
         --link-stats) LINK_STATS=1 ;;
+        --lossy) LOSSY=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "lan.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -232,8 +241,28 @@ shape() {       # ns dev kbit
     tc -n "$1" qdisc add dev "$2" root handle 1: htb default 1 r2q 1000 &&
     tc -n "$1" class add dev "$2" parent 1: classid 1:1 htb rate "$3"kbit ceil "$3"kbit \
         burst $burst cburst $burst quantum 30000 &&
+    if [ $LOSSY = 1 ] && [ "$LOSS_HOW" != drop-class ]; then
+        # shellcheck disable=SC2086  # NETEM is a list of tc words
+        if tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: netem $NETEM limit 1000 2>/dev/null; then
+            LOSS_HOW=netem
+            return 0
+        fi
+        [ "$LOSS_HOW" = netem ] && { echo "lan.sh: netem failed on $1 $2" >&2; return 1; }
+        # No netem in this kernel (CONFIG_NET_SCH_NETEM): 2% random loss without delay, by
+        # a classic-BPF classifier sending 2 packets in 100 (SKF_AD_RANDOM % 100 < 2) to a
+        # class whose pfifo holds 0 packets. No delay can be emulated without netem.
+        LOSS_HOW=drop-class
+        echo "lan.sh: no netem in this kernel: --lossy is 2% random loss only (no delay)" >&2
+    fi
     tc -n "$1" qdisc add dev "$2" parent 1:1 handle 10: pfifo limit 300 ||
         { echo "lan.sh: tc failed on $1 $2" >&2; return 1; }
+    if [ "$LOSS_HOW" = drop-class ]; then
+        tc -n "$1" class add dev "$2" parent 1: classid 1:2 htb rate "$3"kbit ceil "$3"kbit &&
+        tc -n "$1" qdisc add dev "$2" parent 1:2 handle 20: pfifo limit 0 &&
+        tc -n "$1" filter add dev "$2" parent 1: bpf bytecode \
+            "5,32 0 0 4294963256,148 0 0 100,53 0 1 2,6 0 0 65537,6 0 0 65538" ||
+            { echo "lan.sh: tc (loss filter) failed on $1 $2" >&2; return 1; }
+    fi
 }
 shape_host() {  # i kbit: both directions of host i's link
     shape "${P}h$1" eth0 "$2" && shape "${P}sw" "p$1" "$2"
@@ -572,7 +601,13 @@ make_image || { echo "lan.sh: making the image failed; see $LOGS/imager.log" >&2
 setup_net $maxn || { echo "lan.sh: network setup failed" >&2; exit 1; }
 
 say "blockswarm LAN bench: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r), git $(cd "$HERE/.." && git rev-parse --short HEAD 2>/dev/null)$(cd "$HERE/.." && git diff --quiet 2>/dev/null || echo +dirty)"
-say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), bridge in its own namespace"
+if [ "$LOSS_HOW" = netem ]; then
+    say "links: $RATE Mbit/s both ways per host (htb on both veth ends), LOSSY: netem $NETEM limit 1000 under htb on every veth end, bridge in its own namespace"
+elif [ "$LOSS_HOW" = drop-class ]; then
+    say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), LOSSY without netem (not in kernel $(uname -r)): 2% of packets at every veth end classified (cBPF, SKF_AD_RANDOM) into a drop class (pfifo limit 0); NO delay; bridge in its own namespace"
+else
+    say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), bridge in its own namespace"
+fi
 say "image: ext4 $(calc "$DEVSIZE / 1048576") MiB, S = $S used bytes ($(calc "'%.1f' % ($S / 1e6)") MB), pieces $PIECE, ideal S/R = $IDEAL s"
 say "blockswarm: seeder --expect N, receivers --verify --no-resume, -v logs; 'done' = last receiver's 'complete' line, 'exit' = last receiver exited 0 (after the seeder says done)"
 say "ratio = exit / (S/R); per-receiver timeout = max(60, $TMO_FACTOR x S/R) s"

@@ -17,6 +17,8 @@ pub struct EvilStats {
     pub blocks_sent: AtomicU64,
     /// REQUESTs sent by [`flood_requests`].
     pub requests_sent: AtomicU64,
+    /// REQUESTs received and left unanswered ([`Lie::StallMidPiece`]).
+    pub requests_ignored: AtomicU64,
 }
 
 /// How the peer lies.
@@ -35,6 +37,13 @@ pub enum Lie {
     /// Claims nothing (HAVE_NONE, or an empty bitfield) and sends, unasked, one block of
     /// random bytes for the next piece every [`UNSOLICITED_EVERY`], round the pieces.
     Unsolicited,
+    /// Knows the real packed data and claims every piece (HAVE_ALL), but stalls mid-piece:
+    /// it answers, right, only the requests for a piece's first block and never answers the
+    /// rest (no REJECT either), keeping the connection open and reading.
+    StallMidPiece {
+        packed: Arc<Vec<u8>>,
+        piece_len: u32,
+    },
 }
 
 /// How often [`Lie::Unsolicited`] sends a garbage block.
@@ -110,6 +119,14 @@ async fn serve(
             let mut data = vec![0u8; r.length as usize];
             match &lie {
                 Lie::Random | Lie::Unsolicited => rand::thread_rng().fill_bytes(&mut data),
+                Lie::StallMidPiece { packed, piece_len } => {
+                    if r.begin != 0 {
+                        stats.requests_ignored.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let at = r.index as usize * *piece_len as usize;
+                    data.copy_from_slice(&packed[at..at + r.length as usize]);
+                }
                 Lie::MixIn { packed, piece_len } => {
                     if r.begin == 0 {
                         wire::encode(&Msg::Reject(r), &mut buf);

@@ -373,3 +373,43 @@ pub fn wait_all_ok(rs: &mut [(PathBuf, Proc)], timeout: Duration) {
         );
     }
 }
+
+/// The `/status` JSON of the seeder on `ip` (HTTP port 6880), if it answers.
+pub fn status_of(ip: &str) -> Option<serde_json::Value> {
+    let b = http_get(&format!("http://{ip}:6880/status"))?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Waits until the seeder on `ip` answers (receivers started before would be in their
+/// retry back-off).
+pub fn wait_seeder_up(ip: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || status_of(ip).is_some()),
+        "seeder on {ip} not up"
+    );
+}
+
+/// A process's last stderr line (its error).
+pub fn last_line(r: &Proc) -> String {
+    r.stderr_text()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends `sig` (`"STOP"`, `"CONT"`, `"KILL"`) to a running process.
+pub fn signal(p: &Proc, sig: &str) {
+    let pid = p.child.as_ref().expect("running").id();
+    run_ok(
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string()),
+    );
+}
+
+/// Bytes of the packed data that differ between `source` and `target` (0: nothing lost).
+pub fn packed_bytes_differing(source: &Path, target: &Path, m: &Manifest) -> u64 {
+    let (a, b) = (packed_data(source, m), packed_data(target, m));
+    a.iter().zip(&b).filter(|(x, y)| x != y).count() as u64
+}

@@ -43,19 +43,12 @@ fn fixture(seed: u64, data_mib: u64) -> Fixture {
     }
 }
 
-/// The seeder's `/status` JSON, if it answers.
 fn status(ip: &str) -> Option<serde_json::Value> {
-    let b = http_get(&format!("http://{ip}:6880/status"))?;
-    serde_json::from_slice(&b).ok()
+    status_of(ip)
 }
 
-/// Waits until the seeder on `ip` answers (receivers started before would be in their
-/// retry back-off).
 fn wait_up(ip: &str) {
-    assert!(
-        wait_until(T, || status(ip).is_some()),
-        "seeder on {ip} not up"
-    );
+    wait_seeder_up(ip, T)
 }
 
 /// Waits until `n` receivers announced to the seeder on `ip` and it has sent `pieces`
@@ -79,15 +72,6 @@ fn wait_uploaded(ip: &str, m: &Manifest, pieces: u64) {
             .is_some_and(|u| u >= want)),
         "the seeder on {ip} never sent {pieces} pieces"
     );
-}
-
-/// The receiver's last stderr line (its error).
-fn last_line(r: &Proc) -> String {
-    r.stderr_text()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

@@ -19,3 +19,6 @@ pub const UNREACHABLE: i32 = 6;
 /// The data on the target did not verify (receiver `--verify`), or the download gave up: no
 /// piece verified for `--stall-timeout` while no peer sent a missing one.
 pub const VERIFY_FAILED: i32 = 7;
+/// `seeder --expect N`: N receivers are accounted for but some of them failed (each reported
+/// its exit code and error to the seeder; the summary line names them).
+pub const RECEIVERS_FAILED: i32 = 8;

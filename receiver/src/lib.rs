@@ -4,6 +4,8 @@
 //! gets a partition table that fits the target's size at the end.
 #![forbid(unsafe_code)]
 
+mod flush;
+mod report;
 mod settings;
 mod stall;
 mod target;
@@ -68,8 +70,18 @@ async fn fetch_manifest(
     }
 }
 
-/// Runs the receiver to completion.
+/// Runs the receiver to completion. A failure after the seeder was reached is reported to
+/// it (one last `event=stopped` announce with the exit code and the error, bounded wait).
 pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
+    let ctx = report::ReportTo::default();
+    let res = run_inner(cli, &ctx).await;
+    if let Err(e) = &res {
+        ctx.send(e).await;
+    }
+    res
+}
+
+async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), ReceiverError> {
     let s = Settings::resolve(&cli)?;
     let bind_ip = (!s.listen.ip().is_unspecified()).then_some(s.listen.ip());
 
@@ -90,13 +102,29 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         .as_deref()
         .map(Path::new)
         .filter(|p| source_may_be_local && p.exists());
+    let peer_id = new_peer_id();
+    if let Some(url) = &announce_url {
+        report_to.set(report::Dest {
+            url: url.clone(),
+            info_hash,
+            peer_id,
+            port: s.listen.port(),
+            bind_ip,
+        });
+    }
     let target_path = target::resolve(&s, &m, source)?;
     let file = target::open(&target_path, &m, source)?;
     let finish_file = file
         .try_clone()
         .map_err(|e| ReceiverError::Failure(format!("{}: {e}", target_path.display())))?;
-    let storage: Arc<dyn Storage> =
+    let device: Arc<dyn Storage> =
         Arc::new(DeviceStorage::new(file, target_path.clone(), m.map.clone()));
+    // Flushed every 32 MiB: a device that cannot store a write is named with its piece.
+    let storage: Arc<dyn Storage> = Arc::new(flush::FlushingStorage::new(
+        device,
+        m.clone(),
+        target_path.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -105,7 +133,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         .local_addr()
         .map_err(|e| ReceiverError::Failure(e.to_string()))?
         .port();
-    let peer_id = new_peer_id();
+    report_to.set_port(port);
     let n = m.num_pieces() as usize;
     let opts = SwarmOptions {
         bind_ip,
@@ -126,6 +154,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         opts,
     )
     .map_err(|e| ReceiverError::Failure(e.to_string()))?;
+    report_to.set_swarm(swarm.clone());
     info!(target = %target_path.display(), pieces = n, "receiver started");
 
     // Resume: pieces already correct on the target count as done. Runs beside the download.
@@ -207,6 +236,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
                     downloaded: st.downloaded,
                     left: total - st.bytes_have,
                     event,
+                    failure: None,
                 };
                 let wait = match tracker::announce(&a, bind_ip).await {
                     Ok(r) => {
@@ -313,10 +343,11 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
         .map_err(|e| ReceiverError::Failure(format!("flushing target: {e}")))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s)",
+        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
         target_path.display(),
         m.total_length(),
-        m.total_length() as f64 / 1048576.0 / secs.max(1e-9)
+        m.total_length() as f64 / 1048576.0 / secs.max(1e-9),
+        swarm.stats().downloaded
     );
 
     if let Some(task) = verifier {
@@ -389,6 +420,7 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
                 downloaded: swarm.stats().downloaded,
                 left: 0,
                 event: Some("stopped"),
+                failure: None,
             },
             bind_ip,
         )

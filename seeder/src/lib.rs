@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod netboot;
+pub mod outcome;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};
@@ -127,6 +128,9 @@ pub enum SeederError {
     Refused(String),
     #[error("{0}")]
     Failure(String),
+    /// `--expect`: every expected receiver accounted for, some failed (the summary).
+    #[error("{0}")]
+    ReceiversFailed(String),
 }
 
 impl SeederError {
@@ -135,6 +139,7 @@ impl SeederError {
             SeederError::BadInput(_) => exit::BAD_INPUT,
             SeederError::Refused(_) => exit::REFUSED,
             SeederError::Failure(_) => exit::FAILURE,
+            SeederError::ReceiversFailed(_) => exit::RECEIVERS_FAILED,
         }
     }
 }
@@ -278,6 +283,15 @@ struct Status<'a> {
     completed: usize,
     done: bool,
     receivers: Vec<ReceiverStatus>,
+    /// Receivers that reported a failure (and were not started again since).
+    failed: Vec<FailedStatus>,
+}
+
+#[derive(Serialize)]
+struct FailedStatus {
+    addr: String,
+    exit: i32,
+    error: String,
 }
 
 #[derive(Serialize)]
@@ -290,6 +304,15 @@ struct ReceiverStatus {
     uploaded: u64,
     downloaded: u64,
     seconds_to_complete: Option<f64>,
+    /// Its failure report, if it sent one: exit code and error.
+    failure: Option<blockswarm_swarm::failure_report::FailureReport>,
+}
+
+/// What `--expect` counts.
+struct Progress {
+    completed: usize,
+    pending: usize,
+    failed: Vec<outcome::Failed>,
 }
 
 struct App {
@@ -328,8 +351,44 @@ impl App {
                 uploaded: p.uploaded,
                 downloaded: p.downloaded,
                 seconds_to_complete: p.seconds_to_complete,
+                failure: p.failure,
             })
             .collect()
+    }
+
+    /// Complete, pending and failed receivers (see [`App::counts`] and
+    /// [`outcome::still_failed`]).
+    fn progress(&self) -> Progress {
+        let (completed, pending) = self.counts();
+        let receivers = self.receivers();
+        let mut live: Vec<IpAddr> = receivers
+            .iter()
+            .filter(|r| r.failure.is_none() && (r.completed || !r.gone))
+            .filter_map(|r| r.addr.parse::<SocketAddr>().ok().map(|a| a.ip()))
+            .collect();
+        live.extend(
+            self.swarm
+                .stats()
+                .peers
+                .iter()
+                .filter_map(|p| p.addr.parse::<SocketAddr>().ok().map(|a| a.ip())),
+        );
+        let failures = receivers
+            .into_iter()
+            .filter_map(|r| {
+                let f = r.failure?;
+                Some(outcome::Failed {
+                    ip: r.addr.parse::<SocketAddr>().ok()?.ip(),
+                    exit: f.exit,
+                    error: f.error,
+                })
+            })
+            .collect();
+        Progress {
+            completed,
+            pending,
+            failed: outcome::still_failed(failures, &live),
+        }
     }
 
     /// Receivers complete and still needing data, by peer id: what the tracker heard, joined
@@ -338,7 +397,7 @@ impl App {
     /// An announce alone counts for nothing: a receiver is complete only when its peer id
     /// was seen in a handshake with us from the address it announced from, and it received
     /// data from us or holds every piece. (`curl .../announce?left=0` completes nobody.)
-    fn progress(&self) -> (usize, usize) {
+    fn counts(&self) -> (usize, usize) {
         let stats = self.swarm.stats();
         let mut seen = self.seen.lock().expect("seen lock");
         for p in &stats.peers {
@@ -378,6 +437,12 @@ impl App {
             }
         }
         drop(seen);
+        // A receiver that reported a failure is not complete, whatever it announced (it
+        // may have had every piece in memory when its target failed the final flush).
+        for r in self.receivers().iter().filter(|r| r.failure.is_some()) {
+            done.remove(&r.peer_id);
+            pending.remove(&r.peer_id);
+        }
         pending.retain(|id| !done.contains(id));
         (done.len(), pending.len())
     }
@@ -386,6 +451,7 @@ impl App {
         let receivers = self.receivers();
         let stats = self.swarm.stats();
         let uploaded = stats.uploaded;
+        let progress = self.progress();
         let s = Status {
             name: &self.name,
             info_hash: hex::encode(self.info_hash),
@@ -394,9 +460,18 @@ impl App {
             uploaded,
             uploaded_copies: uploaded as f64 / self.total as f64,
             expect: self.expect,
-            completed: self.progress().0,
+            completed: progress.completed,
             done: self.tracker.is_done(),
             receivers,
+            failed: progress
+                .failed
+                .into_iter()
+                .map(|f| FailedStatus {
+                    addr: f.ip.to_string(),
+                    exit: f.exit,
+                    error: f.error,
+                })
+                .collect(),
         };
         serde_json::to_vec_pretty(&s).expect("status serializes")
     }
@@ -539,6 +614,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
                     downloaded: 0,
                     left: 0,
                     event: None,
+                    failure: None,
                 };
                 let wait = match tracker::announce(&a, bind).await {
                     Ok(r) => {
@@ -564,12 +640,26 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     };
     let started = Instant::now();
     let mut done_since: Option<Instant> = None;
+    let mut next_failure = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some(e) = swarm.fatal_error() {
             return Err(fail(e));
         }
-        let (completed, pending) = app.progress();
+        for f in tracker.failures_since(next_failure) {
+            next_failure = f.seq + 1;
+            pb.suspend(|| {
+                eprintln!(
+                    "seeder: receiver {} failed (exit {}): {}",
+                    f.addr, f.report.exit, f.report.error
+                )
+            });
+        }
+        let Progress {
+            completed,
+            pending,
+            failed,
+        } = app.progress();
         let uploaded = swarm.stats().uploaded;
         pb.set_message(format!(
             "uploaded {:.1} MiB ({:.2} copies), receivers done {completed}/{}",
@@ -579,11 +669,16 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         ));
         pb.tick();
         if let Some(n) = cli.expect {
-            if completed as u64 >= n && pending == 0 {
+            let verdict = outcome::decide(n, completed, failed.len(), pending);
+            if verdict != outcome::Verdict::Wait {
                 if done_since.is_none() {
                     tracker.set_done(true);
                     done_since = Some(Instant::now());
-                    info!(completed, "all expected receivers complete");
+                    info!(
+                        completed,
+                        failed = failed.len(),
+                        "all expected receivers accounted for"
+                    );
                 }
             } else if done_since.is_some() && pending > 0 {
                 // A latecomer still needs data: keep going.
@@ -601,6 +696,11 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
                     );
                     println!("{}", String::from_utf8_lossy(&app.status_json()));
                     swarm.disconnect_all();
+                    if verdict == outcome::Verdict::SomeFailed {
+                        return Err(SeederError::ReceiversFailed(outcome::summary(
+                            completed, &failed,
+                        )));
+                    }
                     return Ok(());
                 }
             }

@@ -9,6 +9,7 @@
 pub mod admit;
 pub mod backlog;
 pub mod engine;
+pub mod failure_report;
 pub mod http;
 pub mod storage;
 #[cfg(any(test, feature = "test-support"))]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use librqbit_bencode::ByteBuf;
 use serde::{Deserialize, Serialize};
 
+use crate::failure_report::{FailureLog, FailureReport, LoggedFailure};
 use crate::http::{self, percent_encode, Request, Response};
 use crate::SwarmError;
 
@@ -33,6 +34,8 @@ pub struct TrackedPeer {
     pub first_seen: Instant,
     /// Seconds from first announce to the completed event.
     pub seconds_to_complete: Option<f64>,
+    /// What it reported with its last `event=stopped` when it failed.
+    pub failure: Option<FailureReport>,
 }
 
 /// The seeder's embedded tracker for one torrent.
@@ -40,6 +43,7 @@ pub struct TrackerServer {
     info_hash: [u8; 20],
     interval: u64,
     peers: Mutex<HashMap<[u8; 20], TrackedPeer>>,
+    failures: Mutex<FailureLog>,
     done: AtomicBool,
 }
 
@@ -77,6 +81,7 @@ impl TrackerServer {
             info_hash,
             interval: interval.as_secs().max(1),
             peers: Mutex::new(HashMap::new()),
+            failures: Mutex::new(FailureLog::default()),
             done: AtomicBool::new(false),
         }
     }
@@ -96,6 +101,7 @@ impl TrackerServer {
                 last_seen: now + Duration::from_secs(86400 * 365),
                 first_seen: now,
                 seconds_to_complete: None,
+                failure: None,
             },
         );
     }
@@ -107,6 +113,11 @@ impl TrackerServer {
 
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::Relaxed)
+    }
+
+    /// Failures reported with `seq >= from` (the last few kept), oldest first.
+    pub fn failures_since(&self, from: u64) -> Vec<LoggedFailure> {
+        self.failures.lock().expect("tracker lock").since(from)
     }
 
     /// Every known peer.
@@ -175,10 +186,38 @@ impl TrackerServer {
             }
         }
         if event == "stopped" {
+            // A receiver that fails before it joined the swarm (a target too small, say)
+            // still reports it: registered gone, with its failure.
+            let report = FailureReport::from_request(req);
+            if report.is_some() && !peers.contains_key(&pid) {
+                peers.insert(
+                    pid,
+                    TrackedPeer {
+                        addr,
+                        left,
+                        uploaded: 0,
+                        downloaded: 0,
+                        completed: false,
+                        gone: true,
+                        last_seen: now,
+                        first_seen: now,
+                        seconds_to_complete: None,
+                        failure: None,
+                    },
+                );
+            }
             // Only from the address the peer registered from: a peer id copied from /status
             // does not make a stranger able to mark a real receiver gone.
             if let Some(p) = peers.get_mut(&pid).filter(|p| p.addr.ip() == ip) {
                 p.gone = true;
+                // A failing receiver's last word (bounded); once per peer id.
+                if let Some(f) = report.filter(|_| p.failure.is_none()) {
+                    p.failure = Some(f.clone());
+                    self.failures
+                        .lock()
+                        .expect("tracker lock")
+                        .push(&pid, p.addr, f);
+                }
             }
         } else {
             let e = peers.entry(pid).or_insert_with(|| TrackedPeer {
@@ -191,6 +230,7 @@ impl TrackerServer {
                 last_seen: now,
                 first_seen: now,
                 seconds_to_complete: None,
+                failure: None,
             });
             e.gone = false;
             e.addr = addr;
@@ -246,6 +286,8 @@ pub struct Announce<'a> {
     pub downloaded: u64,
     pub left: u64,
     pub event: Option<&'static str>,
+    /// With `event=stopped`: the receiver failed (`blockswarm_exit`, `blockswarm_error`).
+    pub failure: Option<&'a FailureReport>,
 }
 
 /// What a tracker answered.
@@ -321,6 +363,9 @@ pub async fn announce(
     if let Some(ev) = a.event {
         url.push_str(&format!("&event={ev}"));
     }
+    if let Some(f) = a.failure {
+        url.push_str(&f.query());
+    }
     let body = http::get(&url, bind_ip, Duration::from_secs(10)).await?;
     parse_reply(&body)
 }
@@ -356,6 +401,7 @@ mod tests {
             downloaded: 0,
             left: 100,
             event: Some("started"),
+            failure: None,
         };
         // The address comes from the connection (bound to 127.0.0.2), not from `ip=`.
         let from = Some("127.0.0.2".parse().unwrap());
@@ -437,5 +483,50 @@ mod tests {
         assert!(!addr(&t).completed);
         t.announce(&req("127.0.0.2:40001", &[("event", b"stopped")]));
         assert!(addr(&t).gone);
+    }
+
+    #[test]
+    fn a_failure_report_is_recorded_once_and_only_from_the_peers_address() {
+        let ih = [7u8; 20];
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        let req = |peer: &str, pid: u8, extra: &[(&str, &[u8])]| {
+            let mut query: Vec<(String, Vec<u8>)> = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect();
+            query.extend([
+                ("info_hash".into(), ih.to_vec()),
+                ("peer_id".into(), vec![pid; 20]),
+                ("port".into(), b"6881".to_vec()),
+                ("left".into(), b"100".to_vec()),
+            ]);
+            Request {
+                path: "/announce".into(),
+                query,
+                peer: peer.parse().unwrap(),
+            }
+        };
+        let fail: &[(&str, &[u8])] = &[
+            ("event", b"stopped"),
+            ("blockswarm_exit", b"1"),
+            ("blockswarm_error", b"write failed at byte 4096"),
+        ];
+        t.announce(&req("127.0.0.2:40000", 5, &[]));
+        // A stranger with a copied peer id reports nothing.
+        t.announce(&req("127.0.0.3:40000", 5, fail));
+        assert!(t.failures_since(0).is_empty());
+        t.announce(&req("127.0.0.2:40001", 5, fail));
+        t.announce(&req("127.0.0.2:40001", 5, fail));
+        let f = t.failures_since(0);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].report.exit, 1);
+        assert_eq!(f[0].report.error, "write failed at byte 4096");
+        assert_eq!(f[0].addr, "127.0.0.2:6881".parse().unwrap());
+        let p = &t.snapshot()[0].1;
+        assert!(p.gone && p.failure.is_some());
+        // One that never announced before (a bad target) is registered gone, failed.
+        t.announce(&req("127.0.0.4:40000", 6, fail));
+        assert_eq!(t.failures_since(1).len(), 1);
+        assert!(t.snapshot().iter().all(|(_, p)| p.gone));
     }
 }
