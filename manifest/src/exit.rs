@@ -19,3 +19,6 @@ pub const UNREACHABLE: i32 = 6;
 /// The data on the target did not verify (receiver `--verify`), or the download gave up: no
 /// piece verified for `--stall-timeout` while no peer sent a missing one.
 pub const VERIFY_FAILED: i32 = 7;
+/// The seeder stopped: a piece read from its source did not match the manifest's SHA-1 when
+/// first served (the source changed since imaging, or a wrong `--source`/`--image`).
+pub const SOURCE_CHANGED: i32 = 8;

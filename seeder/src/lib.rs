@@ -116,6 +116,11 @@ pub struct Cli {
 
     #[command(flatten)]
     pub netboot: netboot::NetbootArgs,
+
+    /// For measurements only, hidden: serve without SHA-1-checking each piece the first time
+    /// it is served (a changed or wrong source then goes out unnoticed by the seeder).
+    #[arg(long, hide = true, env = "SEEDER_UNSAFE_NO_SERVE_CHECK")]
+    pub unsafe_no_serve_check: bool,
 }
 
 /// Seeder failures, each with its exit code.
@@ -127,6 +132,8 @@ pub enum SeederError {
     Refused(String),
     #[error("{0}")]
     Failure(String),
+    #[error("{0}")]
+    SourceChanged(String),
 }
 
 impl SeederError {
@@ -135,6 +142,7 @@ impl SeederError {
             SeederError::BadInput(_) => exit::BAD_INPUT,
             SeederError::Refused(_) => exit::REFUSED,
             SeederError::Failure(_) => exit::FAILURE,
+            SeederError::SourceChanged(_) => exit::SOURCE_CHANGED,
         }
     }
 }
@@ -277,6 +285,10 @@ struct Status<'a> {
     expect: Option<u64>,
     completed: usize,
     done: bool,
+    /// Pieces refused to receivers because the source could not be read there.
+    unreadable_pieces: Vec<u32>,
+    /// Pieces SHA-1-checked against the manifest so far (each once, when first served).
+    pieces_verified: u32,
     receivers: Vec<ReceiverStatus>,
 }
 
@@ -396,6 +408,8 @@ impl App {
             expect: self.expect,
             completed: self.progress().0,
             done: self.tracker.is_done(),
+            unreadable_pieces: stats.unreadable_pieces,
+            pieces_verified: stats.pieces_verified,
             receivers,
         };
         serde_json::to_vec_pretty(&s).expect("status serializes")
@@ -455,6 +469,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let opts = SwarmOptions {
         upload_limit: cli.upload_limit,
         prefer_unsent: true,
+        trust_initial_pieces: cli.unsafe_no_serve_check,
         bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
         ..Default::default()
     };
@@ -465,7 +480,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         piece_hashes: Arc::new(m.piece_hashes.clone()),
     };
     let n = m.num_pieces() as usize;
-    // Seed mode: trust the imager's hashes, serve at once.
+    // Seed mode: serve at once; each piece is SHA-1-checked when first served.
     let swarm = Swarm::start(info, peer_id, storage, vec![true; n], bt, opts).map_err(fail)?;
     let tracker = Arc::new(TrackerServer::new(
         info_hash,
@@ -566,6 +581,17 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let mut done_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(c) = swarm.corrupt_piece() {
+            let what = if cli.image.is_some() {
+                "image changed since it was saved, or wrong --image"
+            } else {
+                "source changed since imaging, or wrong --source"
+            };
+            return Err(SeederError::SourceChanged(format!(
+                "piece {} (packed bytes {}..{}, {}) does not match the manifest's SHA-1: {what}; stopped serving",
+                c.index, c.packed.start, c.packed.end, c.location
+            )));
+        }
         if let Some(e) = swarm.fatal_error() {
             return Err(fail(e));
         }
