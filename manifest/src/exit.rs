@@ -22,3 +22,6 @@ pub const VERIFY_FAILED: i32 = 7;
 /// `seeder --expect N`: N receivers are accounted for but some of them failed (each reported
 /// its exit code and error to the seeder; the summary line names them).
 pub const RECEIVERS_FAILED: i32 = 8;
+/// The seeder stopped: a piece read from its source did not match the manifest's SHA-1 when
+/// first served (the source changed since imaging, or a wrong `--source`/`--image`).
+pub const SOURCE_CHANGED: i32 = 9;

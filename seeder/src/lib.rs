@@ -117,6 +117,11 @@ pub struct Cli {
 
     #[command(flatten)]
     pub netboot: netboot::NetbootArgs,
+
+    /// For measurements only, hidden: serve without SHA-1-checking each piece the first time
+    /// it is served (a changed or wrong source then goes out unnoticed by the seeder).
+    #[arg(long, hide = true, env = "SEEDER_UNSAFE_NO_SERVE_CHECK")]
+    pub unsafe_no_serve_check: bool,
 }
 
 /// Seeder failures, each with its exit code.
@@ -131,6 +136,8 @@ pub enum SeederError {
     /// `--expect`: every expected receiver accounted for, some failed (the summary).
     #[error("{0}")]
     ReceiversFailed(String),
+    #[error("{0}")]
+    SourceChanged(String),
 }
 
 impl SeederError {
@@ -140,6 +147,7 @@ impl SeederError {
             SeederError::Refused(_) => exit::REFUSED,
             SeederError::Failure(_) => exit::FAILURE,
             SeederError::ReceiversFailed(_) => exit::RECEIVERS_FAILED,
+            SeederError::SourceChanged(_) => exit::SOURCE_CHANGED,
         }
     }
 }
@@ -282,6 +290,10 @@ struct Status<'a> {
     expect: Option<u64>,
     completed: usize,
     done: bool,
+    /// Pieces refused to receivers because the source could not be read there.
+    unreadable_pieces: Vec<u32>,
+    /// Pieces SHA-1-checked against the manifest so far (each once, when first served).
+    pieces_verified: u32,
     receivers: Vec<ReceiverStatus>,
     /// Receivers that reported a failure (and were not started again since).
     failed: Vec<FailedStatus>,
@@ -462,6 +474,8 @@ impl App {
             expect: self.expect,
             completed: progress.completed,
             done: self.tracker.is_done(),
+            unreadable_pieces: stats.unreadable_pieces,
+            pieces_verified: stats.pieces_verified,
             receivers,
             failed: progress
                 .failed
@@ -530,6 +544,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let opts = SwarmOptions {
         upload_limit: cli.upload_limit,
         prefer_unsent: true,
+        trust_initial_pieces: cli.unsafe_no_serve_check,
         bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
         ..Default::default()
     };
@@ -540,7 +555,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         piece_hashes: Arc::new(m.piece_hashes.clone()),
     };
     let n = m.num_pieces() as usize;
-    // Seed mode: trust the imager's hashes, serve at once.
+    // Seed mode: serve at once; each piece is SHA-1-checked when first served.
     let swarm = Swarm::start(info, peer_id, storage, vec![true; n], bt, opts).map_err(fail)?;
     let tracker = Arc::new(TrackerServer::new(
         info_hash,
@@ -643,6 +658,17 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let mut next_failure = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(c) = swarm.corrupt_piece() {
+            let what = if cli.image.is_some() {
+                "image changed since it was saved, or wrong --image"
+            } else {
+                "source changed since imaging, or wrong --source"
+            };
+            return Err(SeederError::SourceChanged(format!(
+                "piece {} (packed bytes {}..{}, {}) does not match the manifest's SHA-1: {what}; stopped serving",
+                c.index, c.packed.start, c.packed.end, c.location
+            )));
+        }
         if let Some(e) = swarm.fatal_error() {
             return Err(fail(e));
         }

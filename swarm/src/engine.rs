@@ -17,16 +17,19 @@ use librqbit_core::lengths::Lengths;
 use rand::Rng;
 use serde::Serialize;
 use sha1::{Digest, Sha1};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::admit::{Admission, Verdict};
 use crate::backlog::Backlog;
+use crate::servable::{Admit, Servable};
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
+
+mod serve;
+pub use serve::CorruptPiece;
 
 /// How long a seeder keeps rejecting a peer's requests for a piece assigned to another peer,
 /// and how long a peer avoids asking again for a piece it was refused.
@@ -126,6 +129,9 @@ pub struct SwarmOptions {
     /// Our receivers recognise such a rationing seed by its rejects and ask it only for
     /// pieces no other peer has.
     pub prefer_unsent: bool,
+    /// Serve the pieces given as present at start without hashing them first. Off: each
+    /// is SHA-1-checked the first time it is served (see `servable`). For measurements.
+    pub trust_initial_pieces: bool,
 }
 
 impl Default for SwarmOptions {
@@ -139,6 +145,7 @@ impl Default for SwarmOptions {
             bind_ip: None,
             request_timeout: Duration::from_secs(20),
             prefer_unsent: false,
+            trust_initial_pieces: false,
         }
     }
 }
@@ -179,6 +186,10 @@ pub struct Stats {
     pub uploaded: u64,
     pub downloaded: u64,
     pub hash_failures: u64,
+    /// Pieces refused to peers because they could not be read from storage.
+    pub unreadable_pieces: Vec<u32>,
+    /// Pieces hashed by this node (received, found on resume, or checked on first serve).
+    pub pieces_verified: u32,
     pub peers: Vec<PeerStats>,
 }
 
@@ -325,6 +336,10 @@ struct State {
     downloaded: u64,
     hash_failures: u64,
     fatal: Option<String>,
+    /// Which pieces may be served, and how (first-serve check, unreadable).
+    servable: Servable,
+    /// A piece found not to match its hash when first served: the node must stop.
+    corrupt: Option<CorruptPiece>,
     /// Requests refused (Fast REJECT) so far.
     rejects_sent: u64,
     /// Debug tick: figures at the previous tick.
@@ -346,6 +361,8 @@ pub(crate) struct Shared {
     queued: AtomicU64,
     /// Seeder start-up: connections take turns to send one batch each (see `writer`).
     turns: tokio::sync::Semaphore,
+    /// A first-serve check ended (writers waiting for it look again).
+    checked: Notify,
 }
 
 struct Bucket {
@@ -353,46 +370,6 @@ struct Bucket {
     rate: f64,
     burst: f64,
     last: Instant,
-}
-
-/// One connection's requests waiting to be served. Their bytes count in
-/// `Shared::queued` until written, cancelled, or the writer ends (even by abort).
-struct ServeQueue {
-    reqs: VecDeque<Req>,
-    /// Bytes of this queue's requests not yet written (including a batch being written).
-    bytes: u64,
-    shared: Arc<Shared>,
-}
-
-impl ServeQueue {
-    fn push(&mut self, r: Req) {
-        self.bytes += r.length as u64;
-        self.shared
-            .queued
-            .fetch_add(r.length as u64, Ordering::Relaxed);
-        self.reqs.push_back(r);
-    }
-
-    /// Drops queued requests equal to `r`; returns how many.
-    fn cancel(&mut self, r: Req) -> usize {
-        let before = self.reqs.len();
-        self.reqs.retain(|q| *q != r);
-        let n = before - self.reqs.len();
-        self.written(n as u64 * r.length as u64);
-        n
-    }
-
-    /// `n` bytes left the queue (written or cancelled).
-    fn written(&mut self, n: u64) {
-        self.bytes -= n;
-        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
-    }
-}
-
-impl Drop for ServeQueue {
-    fn drop(&mut self) {
-        self.shared.queued.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
 }
 
 /// A running swarm node (seeder or receiver).
@@ -448,8 +425,9 @@ pub fn new_peer_id() -> [u8; 20] {
 
 impl Swarm {
     /// Starts listening on `listener` and returns the running node. `have` says which pieces
-    /// are already present and correct in `storage` (all for a seeder: seed mode trusts the
-    /// manifest and does not re-hash).
+    /// are already present in `storage` (all for a seeder: seed mode does not re-hash up
+    /// front; each of these pieces is SHA-1-checked the first time it is served instead,
+    /// unless `opts.trust_initial_pieces`).
     pub fn start(
         info: TorrentInfo,
         peer_id: [u8; 20],
@@ -511,7 +489,14 @@ impl Swarm {
                 downloaded: 0,
                 hash_failures: 0,
                 fatal: None,
+                servable: if opts.trust_initial_pieces {
+                    Servable::trusting(n)
+                } else {
+                    Servable::new(n)
+                },
+                corrupt: None,
             }),
+            checked: Notify::new(),
             changed: Notify::new(),
             uploaded: AtomicU64::new(0),
             queued: AtomicU64::new(0),
@@ -897,6 +882,7 @@ impl Swarm {
             Msg::Request(r) => {
                 let ok = r.index < n
                     && st.have[r.index as usize]
+                    && st.servable.admit(r.index, Instant::now()) == Admit::Serve
                     && r.length > 0
                     && r.length <= MAX_REQUEST
                     && r.begin as u64 + r.length as u64
@@ -1467,6 +1453,7 @@ impl Swarm {
         }
         st.have[i] = true;
         st.have_count += 1;
+        st.servable.verified(index);
         st.in_progress.remove(&index);
         st.single_source.remove(&index);
         let keys: Vec<u64> = st.peers.keys().copied().collect();
@@ -1509,140 +1496,6 @@ impl Swarm {
         st.have[index as usize]
             || st.in_progress.contains_key(&index)
             || st.verifying.contains(&index)
-    }
-
-    async fn writer(
-        self,
-        wr: tokio::net::tcp::OwnedWriteHalf,
-        mut rx: mpsc::UnboundedReceiver<Out>,
-        key: u64,
-        uploaded_to: Arc<AtomicU64>,
-        backlog: Arc<Backlog>,
-    ) {
-        let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
-        let mut queue = ServeQueue {
-            reqs: VecDeque::new(),
-            bytes: 0,
-            shared: self.shared.clone(),
-        };
-        let mut buf = Vec::with_capacity(MAX_REQUEST as usize + 64);
-        let keepalive = Duration::from_secs(60);
-        'outer: loop {
-            // Control messages first, then one queued block, then wait.
-            loop {
-                match rx.try_recv() {
-                    Ok(Out::Msg(m)) => {
-                        buf.clear();
-                        wire::encode(&m, &mut buf);
-                        backlog.msg_done(buf.len());
-                        if wr.write_all(&buf).await.is_err() {
-                            break 'outer;
-                        }
-                    }
-                    Ok(Out::Serve(r)) => queue.push(r),
-                    Ok(Out::Cancel(r)) => {
-                        backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
-                        backlog.requests_done(queue.cancel(r));
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
-                }
-            }
-            if let Some(first) = queue.reqs.pop_front() {
-                // Consecutive requests for the same piece are read with one pread.
-                let mut batch = vec![first];
-                let mut end = first.begin + first.length;
-                while let Some(q) = queue.reqs.front() {
-                    if q.index != first.index || q.begin != end || end - first.begin >= MAX_BATCH {
-                        break;
-                    }
-                    end += q.length;
-                    batch.push(queue.reqs.pop_front().expect("front"));
-                }
-                let storage = self.shared.storage.clone();
-                let offset =
-                    first.index as u64 * self.shared.info.piece_length as u64 + first.begin as u64;
-                let len = (end - first.begin) as usize;
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut data = vec![0u8; len];
-                    storage.read_at(offset, &mut data).map(|_| data)
-                })
-                .await;
-                let data = match read {
-                    Ok(Ok(d)) => d,
-                    Ok(Err(e)) => {
-                        warn!("cannot serve block {}+{}: {e}", first.index, first.begin);
-                        let mut st = self.lock();
-                        st.fatal.get_or_insert(format!("storage read failed: {e}"));
-                        break;
-                    }
-                    Err(_) => break,
-                };
-                // Seeder start-up: until every peer holds a couple of pieces to trade, one
-                // connection at a time sends a whole batch, so the first pieces arrive
-                // after a piece's time on the wire instead of all of them after N times.
-                let turn = if self.shared.opts.prefer_unsent && self.ramping() {
-                    self.shared.turns.acquire().await.ok()
-                } else {
-                    None
-                };
-                for r in batch {
-                    self.throttle(r.length as u64).await;
-                    let at = (r.begin - first.begin) as usize;
-                    let header = wire::piece_header(r.index, r.begin, r.length);
-                    if wr.write_all(&header).await.is_err()
-                        || wr
-                            .write_all(&data[at..at + r.length as usize])
-                            .await
-                            .is_err()
-                    {
-                        break 'outer;
-                    }
-                    uploaded_to.fetch_add(r.length as u64, Ordering::Relaxed);
-                    self.shared
-                        .uploaded
-                        .fetch_add(r.length as u64, Ordering::Relaxed);
-                    queue.written(r.length as u64);
-                    backlog.requests_done(1);
-                }
-                if turn.is_some() && wr.flush().await.is_err() {
-                    break;
-                }
-                drop(turn);
-                continue;
-            }
-            if wr.flush().await.is_err() {
-                break;
-            }
-            match tokio::time::timeout(keepalive, rx.recv()).await {
-                Ok(Some(Out::Msg(m))) => {
-                    buf.clear();
-                    wire::encode(&m, &mut buf);
-                    backlog.msg_done(buf.len());
-                    if wr.write_all(&buf).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Some(Out::Serve(r))) => queue.push(r),
-                Ok(Some(Out::Cancel(r))) => {
-                    backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
-                    backlog.requests_done(queue.cancel(r));
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    buf.clear();
-                    wire::encode(&Msg::KeepAlive, &mut buf);
-                    if wr.write_all(&buf).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = wr.flush().await;
-        let st = self.lock();
-        if let Some(p) = st.peers.get(&key) {
-            p.kill.notify_one();
-        }
     }
 
     /// Seeder start-up: fewer pieces held by peers than twice the number of peers.
@@ -1768,6 +1621,8 @@ impl Swarm {
             uploaded: self.shared.uploaded.load(Ordering::Relaxed),
             downloaded: st.downloaded,
             hash_failures: st.hash_failures,
+            unreadable_pieces: st.servable.unreadable_pieces(),
+            pieces_verified: st.servable.verified_count() as u32,
             peers: st
                 .peers
                 .values()
@@ -1797,6 +1652,12 @@ impl Swarm {
     pub fn is_complete(&self) -> bool {
         let st = self.lock();
         st.have_count as usize == st.have.len()
+    }
+
+    /// A stored piece found not to match the manifest when first served, if any: the
+    /// node serves nothing more, and should stop (source changed since imaging, or wrong).
+    pub fn corrupt_piece(&self) -> Option<CorruptPiece> {
+        self.lock().corrupt.clone()
     }
 
     /// A fatal storage error, if one happened.

@@ -11,13 +11,14 @@ pub mod backlog;
 pub mod engine;
 pub mod failure_report;
 pub mod http;
+pub mod servable;
 pub mod storage;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod tracker;
 pub mod wire;
 
-pub use engine::{new_peer_id, PeerStats, Stats, Swarm, SwarmOptions, TorrentInfo};
+pub use engine::{new_peer_id, CorruptPiece, PeerStats, Stats, Swarm, SwarmOptions, TorrentInfo};
 pub use storage::{DeviceStorage, PackedFileStorage, Storage};
 
 /// The runtime a node (seeder or receiver) runs on. One thread does all the networking:

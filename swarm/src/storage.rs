@@ -23,6 +23,10 @@ pub trait Storage: Send + Sync + 'static {
     /// next reads of it come from the device rather than from memory (call after
     /// [`Storage::sync`]; dirty pages stay).
     fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Where packed offset `offset` lives, for messages ("device offset N of /dev/sda1").
+    fn locate(&self, offset: u64) -> String {
+        format!("packed offset {offset}")
+    }
 }
 
 /// `posix_fadvise(DONTNEED)` on the pages covering `offset..offset + len` (rounded out to
@@ -107,6 +111,17 @@ impl Storage for DeviceStorage {
         }
         Ok(())
     }
+
+    fn locate(&self, offset: u64) -> String {
+        match self.map.segments(offset, 1).ok().and_then(|mut s| s.next()) {
+            Some(s) => format!(
+                "device offset {} of {}",
+                s.device_offset,
+                self.path.display()
+            ),
+            None => format!("packed offset {offset} (outside the map)"),
+        }
+    }
 }
 
 /// The packed stream stored as one file (what `imager --save` writes).
@@ -154,6 +169,10 @@ impl Storage for PackedFileStorage {
     fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
         self.check(offset, len as usize)?;
         drop_cache(&self.file, &self.path, offset, len)
+    }
+
+    fn locate(&self, offset: u64) -> String {
+        format!("offset {offset} of {}", self.path.display())
     }
 }
 
