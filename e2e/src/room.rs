@@ -218,6 +218,8 @@ pub struct Vm {
     /// (label, time since QEMU's start) of each watched text, in the order seen.
     pub marks: Vec<(String, Duration)>,
     checked: usize,
+    /// The console, also written as it comes to `dir/NAME.console`.
+    log: Option<std::fs::File>,
 }
 
 impl Vm {
@@ -287,7 +289,8 @@ impl Default for Vms {
 }
 
 impl Vms {
-    /// Starts QEMU (`cmd`, serial console on stdout, stderr to `dir/NAME.qemu.err`) and
+    /// Starts QEMU (`cmd`, serial console on stdout, copied to `dir/NAME.console`; stderr to
+    /// `dir/NAME.qemu.err`) and
     /// watches its console for each (label, text) of `watch`.
     pub fn spawn(&mut self, name: &str, mut cmd: Command, watch: &[(&str, &str)], dir: &Path) {
         let err = std::fs::File::create(dir.join(format!("{name}.qemu.err"))).unwrap();
@@ -327,6 +330,7 @@ impl Vms {
                 .collect(),
             marks: Vec::new(),
             checked: 0,
+            log: std::fs::File::create(dir.join(format!("{name}.console"))).ok(),
         });
     }
 
@@ -350,6 +354,9 @@ impl Vms {
             match self.rx.recv_timeout(left.min(Duration::from_secs(1))) {
                 Ok((i, Some(bytes))) => {
                     let vm = &mut self.vms[i];
+                    if let Some(f) = vm.log.as_mut() {
+                        let _ = f.write_all(&bytes);
+                    }
                     vm.console.push_str(&String::from_utf8_lossy(&bytes));
                     vm.check();
                 }
@@ -379,4 +386,38 @@ impl Vms {
         }
         s
     }
+}
+
+/// Whether `target` holds the same bytes as `source` in every used extent of `m` clipped to
+/// `[from, to)`: a whole-disk clone's partitions, without the GPT the receiver rewrites for
+/// the target's size (sector 0 to the first partition, and the backup table at the end).
+pub fn same_used_bytes(
+    source: &Path,
+    target: &Path,
+    m: &blockswarm_manifest::Manifest,
+    from: u64,
+    to: u64,
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    let (s, t) = (
+        std::fs::File::open(source).unwrap(),
+        std::fs::File::open(target).unwrap(),
+    );
+    let mut compared = 0u64;
+    for e in m.map.extents() {
+        let (a, b) = (e.offset.max(from), (e.offset + e.length).min(to));
+        let mut off = a;
+        while off < b {
+            let n = (b - off).min(1 << 20) as usize;
+            let (mut x, mut y) = (vec![0u8; n], vec![0u8; n]);
+            s.read_exact_at(&mut x, off).unwrap();
+            t.read_exact_at(&mut y, off).unwrap();
+            if x != y {
+                return false;
+            }
+            off += n as u64;
+            compared += n as u64;
+        }
+    }
+    compared > 0
 }
