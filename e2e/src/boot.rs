@@ -94,6 +94,28 @@ pub fn need_boot_tools(test: &str) -> bool {
     false
 }
 
+/// scripts/build-netboot.sh in this workspace.
+pub fn netboot_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join("build-netboot.sh")
+}
+
+/// Builds the netboot system (vmlinuz, initrd.img) into `dir`, or returns false (skip) when
+/// its tools are missing.
+pub fn build_netboot(dir: &Path) -> bool {
+    if find_tool("depmod").is_none() {
+        assert!(!tools_required(), "depmod (kmod) missing");
+        println!("SKIP: depmod missing (scripts/install-deps.sh installs kmod)");
+        return false;
+    }
+    run_ok(Command::new("bash").arg(netboot_script()).arg(dir));
+    let size = std::fs::metadata(dir.join("initrd.img")).unwrap().len();
+    assert!(size < 40 << 20, "initrd.img is {size} bytes");
+    true
+}
+
 /// The bootable fixture: a GPT disk image and the line its guest prints when it has booted.
 pub struct BootFixture {
     pub disk: PathBuf,

@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod disk;
 pub mod evil_peer;
+pub mod room;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -21,13 +21,6 @@ const DISK_MIB: u64 = 128;
 /// Deadline of the netboot VM: the kernel boot, DHCP and the deployment under TCG.
 const NETBOOT_DEADLINE: Duration = Duration::from_secs(300);
 
-fn netboot_script() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("scripts")
-        .join("build-netboot.sh")
-}
-
 #[test]
 fn the_seeder_serves_the_boot_script_and_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,19 +101,6 @@ fn print_dnsmasq_conf_is_filled_in() {
     ] {
         assert!(c.lines().any(|l| l == want), "no {want:?} in:\n{c}");
     }
-}
-
-/// Builds the netboot system into `dir`, or returns false (skip) when its tools are missing.
-fn build_netboot(dir: &Path) -> bool {
-    if find_tool("depmod").is_none() {
-        assert!(!tools_required(), "depmod (kmod) missing");
-        println!("SKIP: depmod missing (scripts/install-deps.sh installs kmod)");
-        return false;
-    }
-    run_ok(Command::new("bash").arg(netboot_script()).arg(dir));
-    let size = std::fs::metadata(dir.join("initrd.img")).unwrap().len();
-    assert!(size < 40 << 20, "initrd.img is {size} bytes");
-    true
 }
 
 /// QEMU booting the netboot kernel and initramfs in `nb` with `blockswarm.manifest=url`,

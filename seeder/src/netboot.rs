@@ -30,7 +30,9 @@ pub struct NetbootArgs {
     #[arg(long, env = "SEEDER_NETBOOT_HTTP", default_value = "0.0.0.0:8080")]
     pub netboot_http: SocketAddr,
 
-    /// Extra kernel command line for the booted machines (e.g. "blockswarm.done=poweroff").
+    /// Extra kernel command line for the booted machines (e.g. "blockswarm.done=poweroff");
+    /// a `console=` in it replaces the default "console=ttyS0 console=tty0" (the last console
+    /// is where the init prints and runs its rescue shell: "console=ttyS0" for a serial one).
     #[arg(long, env = "SEEDER_NETBOOT_APPEND", default_value = "")]
     pub netboot_append: String,
 
@@ -55,18 +57,30 @@ pub fn base_url(ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// The consoles of the booted machines unless `--netboot-append` names its own: kernel
+/// messages on both, and the last one (the screen) is /dev/console, where the init prints
+/// the receiver's progress and errors and runs its rescue shell.
+pub const DEFAULT_CONSOLES: &str = "console=ttyS0 console=tty0";
+
 /// The iPXE script: the kernel and initramfs from `base`, the manifest URL on the kernel
-/// command line (serial and screen consoles, progress on both).
+/// command line, then [`DEFAULT_CONSOLES`] and `append`; an `append` with a `console=` word
+/// replaces the default consoles (`console=ttyS0`: the init and its shell on the serial port).
 pub fn ipxe_script(base: &str, manifest_url: &str, append: &str) -> String {
-    let extra = if append.trim().is_empty() {
-        String::new()
-    } else {
-        format!(" {}", append.trim())
-    };
+    let append = append.trim();
+    let own_console = append.split_whitespace().any(|w| w.starts_with("console="));
+    let mut extra = String::new();
+    if !own_console {
+        extra.push(' ');
+        extra.push_str(DEFAULT_CONSOLES);
+    }
+    if !append.is_empty() {
+        extra.push(' ');
+        extra.push_str(append);
+    }
     format!(
         "#!ipxe\n\
          echo blockswarm: booting the receiver for {manifest_url}\n\
-         kernel {base}/boot/vmlinuz blockswarm.manifest={manifest_url} console=ttyS0 console=tty0{extra}\n\
+         kernel {base}/boot/vmlinuz blockswarm.manifest={manifest_url}{extra}\n\
          initrd {base}/boot/initrd.img\n\
          boot\n"
     )
@@ -285,6 +299,13 @@ mod tests {
             " blockswarm.done=poweroff ",
         );
         assert!(s.contains("console=tty0 blockswarm.done=poweroff\n"));
+        // A console= of its own replaces the default consoles (the last one is /dev/console).
+        let s = ipxe_script("http://h:1", "http://h:2/x.torrent", "console=ttyS0 quiet");
+        assert!(
+            s.contains("blockswarm.manifest=http://h:2/x.torrent console=ttyS0 quiet\n"),
+            "{s}"
+        );
+        assert!(!s.contains("tty0"), "{s}");
     }
 
     #[test]
