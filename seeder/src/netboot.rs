@@ -179,7 +179,7 @@ async fn serve(listener: TcpListener, served: Arc<Served>) {
     loop {
         match listener.accept().await {
             Ok((s, peer)) => {
-                let Ok(slot) = limiter.admit(peer.ip()) else {
+                let Ok(slot) = limiter.admit(peer.ip()).await else {
                     debug!(%peer, "netboot: too many connections, refused");
                     continue;
                 };

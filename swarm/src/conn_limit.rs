@@ -241,8 +241,18 @@ impl Limiter {
     }
 
     /// A place for a new connection from `ip`, or why not. A connection evicted for it is
-    /// told to close (its [`Slot::evicted`] completes).
-    pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refusal> {
+    /// told to close (its [`Slot::evicted`] completes), and the caller yields once so that
+    /// it does before the next accept: open sockets stay within the cap, not the cap plus
+    /// the victims not yet scheduled.
+    pub async fn admit(&self, ip: IpAddr) -> Result<Slot, Refusal> {
+        let (slot, evicted) = self.admit_now(ip)?;
+        if evicted {
+            tokio::task::yield_now().await;
+        }
+        Ok(slot)
+    }
+
+    fn admit_now(&self, ip: IpAddr) -> Result<(Slot, bool), Refusal> {
         let mut g = self.lock();
         match g.table.admit(ip, Instant::now()) {
             Admit::Refuse(r) => Err(r),
@@ -252,11 +262,12 @@ impl Limiter {
                 }
                 let kill = Arc::new(Notify::new());
                 g.kills.insert(id, kill.clone());
-                Ok(Slot {
+                let slot = Slot {
                     limiter: self.clone(),
                     id,
                     kill,
-                })
+                };
+                Ok((slot, evict.is_some()))
             }
         }
     }
@@ -516,9 +527,9 @@ mod tests {
             per_ip: 1,
             idle_evict: None,
         });
-        let a = l.admit(ip(1)).unwrap();
-        assert_eq!(l.admit(ip(1)).unwrap_err(), Refusal::PerIp);
-        let b = l.admit(ip(2)).unwrap(); // a was still opening: evicted
+        let a = l.admit(ip(1)).await.unwrap();
+        assert_eq!(l.admit(ip(1)).await.unwrap_err(), Refusal::PerIp);
+        let b = l.admit(ip(2)).await.unwrap(); // a was still opening: evicted
         tokio::time::timeout(Duration::from_secs(1), a.evicted())
             .await
             .expect("victim told");
@@ -526,9 +537,9 @@ mod tests {
         drop(a); // already gone from the table: b keeps its place
         assert_eq!(l.open(), 1);
         b.opened();
-        assert_eq!(l.admit(ip(3)).unwrap_err(), Refusal::Full);
+        assert_eq!(l.admit(ip(3)).await.unwrap_err(), Refusal::Full);
         drop(b);
         assert_eq!(l.open(), 0);
-        let _c = l.admit(ip(3)).unwrap();
+        let _c = l.admit(ip(3)).await.unwrap();
     }
 }

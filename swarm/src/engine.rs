@@ -617,7 +617,7 @@ impl Swarm {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
-                    let slot = match self.shared.limiter.admit(addr.ip()) {
+                    let slot = match self.shared.limiter.admit(addr.ip()).await {
                         Ok(slot) => Some(slot),
                         Err(why) => {
                             debug!(peer = %addr, "connection refused: {why:?}");

@@ -395,7 +395,7 @@ where
                 continue;
             }
         };
-        let slot = match limiter.admit(peer.ip()) {
+        let slot = match limiter.admit(peer.ip()).await {
             Ok(slot) => slot,
             Err(why) => {
                 debug!(%peer, "http connection refused: {why:?}");
