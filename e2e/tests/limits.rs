@@ -201,12 +201,19 @@ fn deploy(
     let mut rs = start_receivers(net, hosts, url, &f.m, &["--seed-after", "0s"], dir, 7);
     let (mut fds, mut rss) = (0, 0);
     let sp = pid(seeder);
-    wait_until(T, || {
+    let done = wait_until(T, || {
         fds = fds.max(fd_count(sp));
         rss = rss.max(rss_kib(sp));
         rs.iter_mut()
             .all(|(_, r)| r.child.as_mut().unwrap().try_wait().unwrap().is_some())
     });
+    if !done {
+        let logs: Vec<String> = rs
+            .iter()
+            .map(|(_, r)| format!("{}:\n{}", r.name, r.stderr_text()))
+            .collect();
+        panic!("receivers not done within {T:?}:\n{}", logs.join("\n"));
+    }
     wait_all_ok(&mut rs, Duration::from_secs(1));
     let took = start.elapsed();
     let source = packed_data(&f.img, &f.m);
