@@ -3,6 +3,11 @@ use clap::Parser;
 fn main() {
     let cli = receiver::Cli::parse();
     blockswarm_manifest::logging::init(cli.verbose);
+    // Room for the connection caps (swarm::conn_limit) whatever limit we were started with.
+    match blockswarm_swarm::conn_limit::raise_fd_limit() {
+        Ok(n) => tracing::debug!(limit = ?n, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let rt = match blockswarm_swarm::runtime() {
         Ok(rt) => rt,
         Err(e) => {

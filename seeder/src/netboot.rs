@@ -14,9 +14,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use blockswarm_swarm::conn_limit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The netboot options of `seeder`.
 #[derive(Debug, Clone, clap::Args)]
@@ -183,20 +184,34 @@ pub async fn start(
     Ok(url)
 }
 
+/// A netboot download (kernel and initramfs, ~10 MiB) ends within this long.
+const NETBOOT_CONN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Within the limits of `conn_limit::HTTP` (the request head within 5 s).
 async fn serve(listener: TcpListener, served: Arc<Served>) {
+    let limiter = conn_limit::Limiter::new(conn_limit::HTTP);
     loop {
         match listener.accept().await {
             Ok((s, peer)) => {
+                let Ok(slot) = limiter.admit(peer.ip()).await else {
+                    debug!(%peer, "netboot: too many connections, refused");
+                    continue;
+                };
                 let served = served.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(s, &served).await {
-                        warn!(%peer, "netboot: {e}");
+                    tokio::select! {
+                        _ = slot.evicted() => {}
+                        r = tokio::time::timeout(NETBOOT_CONN_TIMEOUT, handle(s, &served, &slot)) => match r {
+                            Err(_) => warn!(%peer, "netboot: cut after {NETBOOT_CONN_TIMEOUT:?}"),
+                            Ok(Err(e)) => warn!(%peer, "netboot: {e}"),
+                            Ok(Ok(())) => {}
+                        },
                     }
                 });
             }
             Err(e) => {
                 warn!("netboot accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(conn_limit::ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -231,8 +246,11 @@ fn head(status: &str, ctype: &str, len: u64) -> String {
     )
 }
 
-async fn handle(mut s: TcpStream, served: &Served) -> std::io::Result<()> {
-    let (method, path) = read_head(&mut s).await?;
+async fn handle(mut s: TcpStream, served: &Served, slot: &conn_limit::Slot) -> std::io::Result<()> {
+    let (method, path) = tokio::time::timeout(conn_limit::HTTP_HEAD_TIMEOUT, read_head(&mut s))
+        .await
+        .map_err(|_| std::io::Error::other("no request head within 5 s"))??;
+    slot.opened();
     let body_too = method == "GET";
     if !body_too && method != "HEAD" {
         let msg = "method not allowed\n";

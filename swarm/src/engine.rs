@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::admit::{Admission, Verdict};
 use crate::backlog::Backlog;
 use crate::servable::{Admit, Servable};
+use crate::conn_limit;
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
@@ -363,6 +364,8 @@ pub(crate) struct Shared {
     turns: tokio::sync::Semaphore,
     /// A first-serve check ended (writers waiting for it look again).
     checked: Notify,
+    /// Incoming connections (see `conn_limit`).
+    limiter: conn_limit::Limiter,
 }
 
 struct Bucket {
@@ -501,6 +504,7 @@ impl Swarm {
             uploaded: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             turns: tokio::sync::Semaphore::new(1),
+            limiter: conn_limit::Limiter::new(conn_limit::BT),
             bucket,
             listen_addr,
             opts,
@@ -591,23 +595,30 @@ impl Swarm {
         let stream = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr))
             .await
             .map_err(|_| SwarmError::Timeout("connect"))??;
-        self.run_peer(stream, addr, true).await
+        self.run_peer(stream, addr, true, None).await
     }
 
     async fn accept_loop(self, listener: TcpListener) {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let slot = match self.shared.limiter.admit(addr.ip()).await {
+                        Ok(slot) => Some(slot),
+                        Err(why) => {
+                            debug!(peer = %addr, "connection refused: {why:?}");
+                            continue;
+                        }
+                    };
                     let s = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = s.run_peer(stream, addr, false).await {
+                        if let Err(e) = s.run_peer(stream, addr, false, slot).await {
                             debug!(peer = %addr, "incoming connection ended: {e}");
                         }
                     });
                 }
                 Err(e) => {
                     warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(conn_limit::ACCEPT_BACKOFF).await;
                 }
             }
         }
@@ -618,6 +629,7 @@ impl Swarm {
         stream: TcpStream,
         addr: SocketAddr,
         outgoing: bool,
+        slot: Option<conn_limit::Slot>,
     ) -> Result<(), SwarmError> {
         let _ = stream.set_nodelay(true);
         if self.shared.opts.prefer_unsent {
@@ -628,15 +640,19 @@ impl Swarm {
         if self.lock().banned.contains(&addr.ip()) {
             return Err(SwarmError::Banned);
         }
-        let (rd, mut wr) = stream.into_split();
-        let mut rd = tokio::io::BufReader::with_capacity(256 * 1024, rd);
+        // The handshake is read unbuffered (read_exact: never past it); the 256 KiB read
+        // buffer is for handshaken peers only, not for every socket a stranger opens.
+        let (mut rd, mut wr) = stream.into_split();
         let info_hash = self.shared.info.info_hash;
-        let hs = tokio::time::timeout(Duration::from_secs(10), async {
-            wire::write_handshake(&mut wr, info_hash, self.shared.peer_id).await?;
-            wire::read_handshake(&mut rd).await
-        })
-        .await
-        .map_err(|_| SwarmError::Timeout("handshake"))??;
+        let hs = tokio::select! {
+            _ = conn_limit::evicted(&slot) => return Err(SwarmError::Evicted),
+            r = tokio::time::timeout(conn_limit::BT_HANDSHAKE_TIMEOUT, async {
+                wire::write_handshake(&mut wr, info_hash, self.shared.peer_id).await?;
+                wire::read_handshake(&mut rd).await
+            }) => r.map_err(|_| SwarmError::Timeout("handshake"))??,
+        };
+        slot.iter().for_each(|s| s.opened());
+        let rd = tokio::io::BufReader::with_capacity(256 * 1024, rd);
         if hs.info_hash != info_hash {
             return Err(SwarmError::Protocol("peer offered another infohash".into()));
         }
@@ -664,12 +680,16 @@ impl Swarm {
         let result = loop {
             tokio::select! {
                 _ = kill.notified() => break Ok(()),
+                _ = conn_limit::evicted(&slot) => break Err(SwarmError::Evicted),
                 m = tokio::time::timeout(Duration::from_secs(150), frames.next()) => {
                     match m {
                         Err(_) => break Err(SwarmError::Timeout("peer silent for 150 s")),
                         Ok(Err(e)) => break Err(e.into()),
                         Ok(Ok(None)) => break Ok(()),
                         Ok(Ok(Some(msg))) => {
+                            if conn_limit::useful(&msg) {
+                                slot.iter().for_each(|s| s.touch());
+                            }
                             if let Err(e) = self.on_message(key, msg) {
                                 break Err(e);
                             }
@@ -704,7 +724,8 @@ impl Swarm {
         if st.banned_ids.contains(&peer_id) {
             return Err(SwarmError::Banned);
         }
-        if st.peers.len() >= self.shared.opts.max_peers {
+        // Full: an idle incoming connection makes room (it ends at once, see `conn_limit`).
+        if st.peers.len() >= self.shared.opts.max_peers && !self.shared.limiter.evict_idle() {
             return Err(SwarmError::Protocol("too many peers".into()));
         }
         // Two nodes that dial each other at once keep the connection opened by the one with

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use crate::conn_limit::{self, Limiter, Slot};
 use crate::SwarmError;
 
 /// Largest body the client accepts (a manifest of a very fragmented disk is a few tens of MiB).
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
-const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEAD: usize = conn_limit::HTTP_MAX_HEAD;
 
 /// A parsed `http://host:port/path?query` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,30 +308,46 @@ fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
     })
 }
 
+/// Reads a request head (at most [`MAX_HEAD`] bytes); `None` if the client closed or sent
+/// more without ending it.
+async fn read_head(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, usize)>> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 2048];
+        let room = (MAX_HEAD - buf.len()).min(chunk.len());
+        let n = s.read(&mut chunk[..room]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(e) = find_head_end(&buf) {
+            return Ok(Some((buf, e)));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(None);
+        }
+    }
+}
+
 async fn handle_conn<F, Fut>(
     mut s: TcpStream,
     peer: SocketAddr,
     handler: Arc<F>,
+    slot: &Slot,
 ) -> std::io::Result<()>
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        let mut chunk = [0u8; 2048];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(e) = find_head_end(&buf) {
-            break e;
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(());
-        }
+    let Ok(head) = tokio::time::timeout(conn_limit::HTTP_HEAD_TIMEOUT, read_head(&mut s)).await
+    else {
+        debug!(%peer, "http: no request head within {:?}", conn_limit::HTTP_HEAD_TIMEOUT);
+        return Ok(());
     };
+    let Some((buf, head_end)) = head? else {
+        return Ok(());
+    };
+    slot.opened();
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let resp = match parse_request(&head, peer) {
         Some(req) => handler(req).await,
@@ -358,22 +375,44 @@ where
     s.shutdown().await
 }
 
-/// Serves GET requests on `listener` with `handler` until the task is dropped.
+/// The answer to a connection over the limits of `conn_limit::HTTP`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections\r\n";
+
+/// Serves GET requests on `listener` with `handler` until the task is dropped, within the
+/// limits of `conn_limit::HTTP`.
 pub async fn serve<F, Fut>(listener: TcpListener, handler: Arc<F>)
 where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
 {
+    let limiter = Limiter::new(conn_limit::HTTP);
     loop {
-        let Ok((s, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let (s, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("http accept failed: {e}");
+                tokio::time::sleep(conn_limit::ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let slot = match limiter.admit(peer.ip()).await {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(%peer, "http connection refused: {why:?}");
+                // Best effort, never waiting: the socket buffer is empty.
+                let _ = s.try_write(BUSY);
+                continue;
+            }
         };
         let h = handler.clone();
         tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(30), handle_conn(s, peer, h)).await;
-            if let Ok(Err(e)) = r {
-                debug!(%peer, "http connection: {e}");
+            tokio::select! {
+                _ = slot.evicted() => debug!(%peer, "http connection closed to make room"),
+                r = tokio::time::timeout(conn_limit::HTTP_CONN_TIMEOUT, handle_conn(s, peer, h, &slot)) => {
+                    if let Ok(Err(e)) = r {
+                        debug!(%peer, "http connection: {e}");
+                    }
+                }
             }
         });
     }

@@ -8,6 +8,7 @@
 
 pub mod admit;
 pub mod backlog;
+pub mod conn_limit;
 pub mod engine;
 pub mod failure_report;
 pub mod http;
@@ -43,6 +44,8 @@ pub enum SwarmError {
     Timeout(&'static str),
     #[error("peer is banned")]
     Banned,
+    #[error("closed to make room for a new connection (idle at the connection cap)")]
+    Evicted,
     #[error("configuration: {0}")]
     Config(String),
     #[error("storage: {0}")]
