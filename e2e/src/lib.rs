@@ -253,7 +253,12 @@ pub fn image(img: &Path, out: &Path, extra: &[&str]) -> PathBuf {
     out.to_path_buf()
 }
 
-/// Starts a seeder serving `manifest` on `ip` (BitTorrent port 6881, HTTP 6880).
+/// The deployment token [`seeder`] gives its seeders (`--token`), so that a test knows the
+/// URLs and a restarted seeder keeps them.
+pub const TEST_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// Starts a seeder serving `manifest` on `ip` (BitTorrent port 6881, HTTP 6880) with
+/// `--token` [`TEST_TOKEN`].
 pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &str) -> Proc {
     Proc::spawn(
         name,
@@ -264,6 +269,8 @@ pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &s
                 &format!("{ip}:6881"),
                 "--http",
                 &format!("{ip}:6880"),
+                "--token",
+                TEST_TOKEN,
                 "-v",
             ])
             .args(extra),
@@ -271,9 +278,24 @@ pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &s
     )
 }
 
+/// `http://IP:6880/t/TEST_TOKEN`: where a [`seeder`] on `ip` serves everything.
+pub fn seeder_base(ip: &str) -> String {
+    format!("http://{ip}:6880/t/{TEST_TOKEN}")
+}
+
 /// The seeder's manifest URL for `name`.
 pub fn manifest_url(ip: &str, m: &Manifest) -> String {
-    format!("http://{ip}:6880/{}.torrent", m.name)
+    format!("{}/{}.torrent", seeder_base(ip), m.name)
+}
+
+/// The seeder's status page.
+pub fn status_url(ip: &str) -> String {
+    format!("{}/status", seeder_base(ip))
+}
+
+/// The seeder's tracker.
+pub fn announce_url(ip: &str) -> String {
+    format!("{}/announce", seeder_base(ip))
 }
 
 /// Starts a receiver on `ip`.

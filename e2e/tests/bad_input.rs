@@ -169,6 +169,8 @@ fn target_in_use_by_a_live_seeder_is_refused() {
                 &format!("{ip}:6881"),
                 "--http",
                 &format!("{ip}:6880"),
+                "--token",
+                blockswarm_e2e::TEST_TOKEN,
             ]),
         &f.d,
     );
@@ -450,7 +452,7 @@ fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
         d,
         "seeder",
     );
-    let status_url = format!("http://{}:6880/status", ip(1));
+    let status_url = blockswarm_e2e::status_url(&ip(1));
     let status =
         || http_get(&status_url).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     assert!(
@@ -460,8 +462,8 @@ fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
     let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
     let announce = |from: &str, pid: &[u8; 20], extra: &str| {
         let url = format!(
-            "http://{}:6880/announce?info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
-            ip(1),
+            "{}?info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
+            blockswarm_e2e::announce_url(&ip(1)),
             blockswarm_swarm::http::percent_encode(pid)
         );
         get_from(&url, from).expect("tracker reply")

@@ -45,7 +45,7 @@ fn fixture(seed: u64, data_mib: u64) -> Fixture {
 
 /// The seeder's `/status` JSON, if it answers.
 fn status(ip: &str) -> Option<serde_json::Value> {
-    let b = http_get(&format!("http://{ip}:6880/status"))?;
+    let b = http_get(&status_url(ip))?;
     serde_json::from_slice(&b).ok()
 }
 
@@ -136,7 +136,7 @@ fn a_seeder_killed_for_good_makes_every_receiver_give_up_within_the_stall_deadli
         assert!(err.contains("missing pieces of"), "{err}");
         // It names the seeder it tried: its tracker and its BitTorrent address.
         assert!(
-            err.contains(&format!("tried tracker http://{}:6880/announce", ip(1)))
+            err.contains(&format!("tried tracker {}", announce_url(&ip(1))))
                 && err.contains(&format!("{}:6881", ip(1))),
             "{err}"
         );

@@ -4,6 +4,7 @@
 //! once N receivers are complete.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod netboot;
 
 use std::fs::File;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockswarm_manifest::{device, exit, DecodedManifest, Manifest};
+use blockswarm_swarm::gate::PeerGate;
 use blockswarm_swarm::http::{self, Request, Response};
 use blockswarm_swarm::tracker::{self, Announce, TrackerServer};
 use blockswarm_swarm::{
@@ -116,6 +118,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub netboot: netboot::NetbootArgs,
+
+    #[command(flatten)]
+    pub access: access::AccessArgs,
 }
 
 /// Seeder failures, each with its exit code.
@@ -297,6 +302,7 @@ struct App {
     info_hash: [u8; 20],
     total: u64,
     served_manifest: Vec<u8>,
+    token: access::Token,
     tracker: Arc<TrackerServer>,
     swarm: Swarm,
     seeder_id: [u8; 20],
@@ -402,18 +408,25 @@ impl App {
     }
 
     fn handle(&self, r: &Request) -> Response {
-        let torrent_path = format!("/{}.torrent", self.name);
-        match r.path.as_str() {
-            "/announce" => self.tracker.announce(r),
-            "/status" => Response::ok("application/json", self.status_json()),
-            p if p == torrent_path || p == "/manifest.torrent" => {
+        use access::Route;
+        match access::route(&r.path, &self.token, &self.name) {
+            Route::Announce => self.tracker.announce(r),
+            Route::Status => Response::ok("application/json", self.status_json()),
+            Route::Manifest => {
                 Response::ok("application/x-bittorrent", self.served_manifest.clone())
             }
-            "/" => Response::ok(
+            Route::Index => Response::ok(
                 "text/plain",
-                format!("blockswarm seeder: GET {torrent_path}, /announce, /status\n").into_bytes(),
+                format!(
+                    "blockswarm seeder: GET /t/TOKEN/{}.torrent, /t/TOKEN/announce, /t/TOKEN/status\n",
+                    self.name
+                )
+                .into_bytes(),
             ),
-            _ => Response::not_found(),
+            Route::Forbidden => Response::forbidden(
+                "this seeder needs its deployment token: use the URL it printed (http://HOST:PORT/t/TOKEN/...)",
+            ),
+            Route::NotFound => Response::not_found(),
         }
     }
 }
@@ -427,6 +440,8 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let m = decoded.manifest;
     let info_hash = decoded.info_hash;
     let (storage, desc) = open_storage(&cli, &m)?;
+    let allow = access::allow_list(&cli.access).map_err(fail)?;
+    let token = access::token(&cli.access, &info_hash).map_err(bad)?;
 
     let bt = tokio::net::TcpListener::bind(cli.listen)
         .await
@@ -442,10 +457,24 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     } else {
         format!("http://{ip}:{}", web_addr.port())
     };
+    // Every path of ours carries the deployment token (see access.rs).
+    let base_t = format!("{base}/t/{}", token.hex());
     let announce_url = cli
         .tracker
         .clone()
-        .unwrap_or_else(|| format!("{base}/announce"));
+        .unwrap_or_else(|| format!("{base_t}/announce"));
+    let tracker = Arc::new(TrackerServer::new(
+        info_hash,
+        Duration::from_secs(cli.announce_interval),
+    ));
+    // BitTorrent port: inside --allow, and (embedded tracker) only addresses that announced
+    // with the token. An external tracker knows no token: --allow alone then.
+    let gate = if cli.tracker.is_some() {
+        PeerGate::allow_only(allow.clone())
+    } else {
+        let t = tracker.clone();
+        PeerGate::with_lookup(allow.clone(), move |ip| t.knows(ip))
+    };
 
     let mut served = m.clone();
     served.announce = Some(announce_url.clone());
@@ -456,6 +485,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         upload_limit: cli.upload_limit,
         prefer_unsent: true,
         bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
+        gate: Some(Arc::new(gate)),
         ..Default::default()
     };
     let info = TorrentInfo {
@@ -467,10 +497,6 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let n = m.num_pieces() as usize;
     // Seed mode: trust the imager's hashes, serve at once.
     let swarm = Swarm::start(info, peer_id, storage, vec![true; n], bt, opts).map_err(fail)?;
-    let tracker = Arc::new(TrackerServer::new(
-        info_hash,
-        Duration::from_secs(cli.announce_interval),
-    ));
     let my_bt = SocketAddr::new(ip, bt_addr.port());
     tracker.add_static(peer_id, my_bt, true);
 
@@ -479,6 +505,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         info_hash,
         total: m.total_length(),
         served_manifest,
+        token: token.clone(),
         tracker: tracker.clone(),
         swarm: swarm.clone(),
         seeder_id: peer_id,
@@ -486,15 +513,17 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         seen: Default::default(),
     });
     let handler_app = app.clone();
-    tokio::spawn(http::serve(
+    tokio::spawn(http::serve_only(
         web,
+        allow.clone(),
         Arc::new(move |r: Request| {
             let a = handler_app.clone();
             async move { a.handle(&r) }
         }),
     ));
 
-    let manifest_url = format!("{base}/{}.torrent", m.name);
+    let manifest_url = format!("{base_t}/{}.torrent", m.name);
+    let ih_hex = hex::encode(info_hash);
     eprintln!(
         "seeder: serving {} ({} used bytes, {} pieces) from {desc}",
         m.name,
@@ -511,10 +540,11 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         None => "/dev/TARGET".into(),
     };
     eprintln!(
-        "seeder: on each target run:  receiver --manifest {manifest_url} --target {target_hint}"
+        "seeder: on each target run:  receiver --manifest {manifest_url} --info-hash {ih_hex} --target {target_hint}"
     );
+    eprintln!("seeder: serving clients in {allow} only (--allow)");
     if let Some(dir) = &cli.netboot.netboot {
-        let url = netboot::start(&cli.netboot, dir, ip, &manifest_url)
+        let url = netboot::start(&cli.netboot, dir, ip, &manifest_url, &ih_hex, allow.clone())
             .await
             .map_err(fail)?;
         eprintln!("seeder: netboot: iPXE script at {url}");

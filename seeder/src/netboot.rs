@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use blockswarm_swarm::allow::AllowList;
+
 /// The netboot options of `seeder`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetbootArgs {
@@ -55,9 +57,10 @@ pub fn base_url(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// The iPXE script: the kernel and initramfs from `base`, the manifest URL on the kernel
-/// command line (serial and screen consoles, progress on both).
-pub fn ipxe_script(base: &str, manifest_url: &str, append: &str) -> String {
+/// The iPXE script: the kernel and initramfs from `base`, the manifest URL (with the
+/// deployment token) and the infohash the receiver pins on the kernel command line (serial
+/// and screen consoles, progress on both).
+pub fn ipxe_script(base: &str, manifest_url: &str, info_hash: &str, append: &str) -> String {
     let extra = if append.trim().is_empty() {
         String::new()
     } else {
@@ -66,7 +69,7 @@ pub fn ipxe_script(base: &str, manifest_url: &str, append: &str) -> String {
     format!(
         "#!ipxe\n\
          echo blockswarm: booting the receiver for {manifest_url}\n\
-         kernel {base}/boot/vmlinuz blockswarm.manifest={manifest_url} console=ttyS0 console=tty0{extra}\n\
+         kernel {base}/boot/vmlinuz blockswarm.manifest={manifest_url} blockswarm.info-hash={info_hash} console=ttyS0 console=tty0{extra}\n\
          initrd {base}/boot/initrd.img\n\
          boot\n"
     )
@@ -143,6 +146,8 @@ pub async fn start(
     dir: &Path,
     ip: IpAddr,
     manifest_url: &str,
+    info_hash: &str,
+    allow: AllowList,
 ) -> Result<String, String> {
     for f in ["vmlinuz", "initrd.img"] {
         let p = dir.join(f);
@@ -161,17 +166,21 @@ pub async fn start(
     let base = base_url(ip, port);
     let served = Arc::new(Served {
         dir: dir.to_path_buf(),
-        script: ipxe_script(&base, manifest_url, &args.netboot_append),
+        script: ipxe_script(&base, manifest_url, info_hash, &args.netboot_append),
     });
-    tokio::spawn(serve(listener, served));
+    tokio::spawn(serve(listener, allow, served));
     let url = format!("{base}/boot.ipxe");
     info!(%url, "netboot ready");
     Ok(url)
 }
 
-async fn serve(listener: TcpListener, served: Arc<Served>) {
+async fn serve(listener: TcpListener, allow: AllowList, served: Arc<Served>) {
     loop {
         match listener.accept().await {
+            // Outside --allow: closed at once (the script reveals the deployment token).
+            Ok((_, peer)) if !allow.contains(peer.ip()) => {
+                tracing::debug!(%peer, "netboot connection refused: outside --allow");
+            }
             Ok((s, peer)) => {
                 let served = served.clone();
                 tokio::spawn(async move {
@@ -269,19 +278,22 @@ mod tests {
     fn the_ipxe_script() {
         let s = ipxe_script(
             "http://10.0.0.5:8080",
-            "http://10.0.0.5:6880/sda.packed.torrent",
+            "http://10.0.0.5:6880/t/00ff/sda.packed.torrent",
+            "abcd",
             "",
         );
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains(
             "\nkernel http://10.0.0.5:8080/boot/vmlinuz \
-             blockswarm.manifest=http://10.0.0.5:6880/sda.packed.torrent console=ttyS0 console=tty0\n"
+             blockswarm.manifest=http://10.0.0.5:6880/t/00ff/sda.packed.torrent \
+             blockswarm.info-hash=abcd console=ttyS0 console=tty0\n"
         ));
         assert!(s.contains("\ninitrd http://10.0.0.5:8080/boot/initrd.img\n"));
         assert!(s.ends_with("\nboot\n"));
         let s = ipxe_script(
             "http://h:1",
             "http://h:2/x.torrent",
+            "ab",
             " blockswarm.done=poweroff ",
         );
         assert!(s.contains("console=tty0 blockswarm.done=poweroff\n"));

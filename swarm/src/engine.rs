@@ -126,6 +126,8 @@ pub struct SwarmOptions {
     /// Our receivers recognise such a rationing seed by its rejects and ask it only for
     /// pieces no other peer has.
     pub prefer_unsent: bool,
+    /// Incoming connections only from addresses this gate admits (None: from anyone).
+    pub gate: Option<Arc<crate::gate::PeerGate>>,
 }
 
 impl Default for SwarmOptions {
@@ -139,6 +141,7 @@ impl Default for SwarmOptions {
             bind_ip: None,
             request_timeout: Duration::from_secs(20),
             prefer_unsent: false,
+            gate: None,
         }
     }
 }
@@ -615,6 +618,11 @@ impl Swarm {
                 Ok((stream, addr)) => {
                     let s = self.clone();
                     tokio::spawn(async move {
+                        if let Some(g) = &s.shared.opts.gate {
+                            if !g.admit(addr.ip()).await {
+                                return; // closed before any handshake of ours
+                            }
+                        }
                         if let Err(e) = s.run_peer(stream, addr, false).await {
                             debug!(peer = %addr, "incoming connection ended: {e}");
                         }

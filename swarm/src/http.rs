@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::debug;
 
+use crate::allow::AllowList;
 use crate::SwarmError;
 
 /// Largest body the client accepts (a manifest of a very fragmented disk is a few tens of MiB).
@@ -271,6 +272,14 @@ impl Response {
         }
     }
 
+    pub fn forbidden(why: &str) -> Self {
+        Self {
+            status: 403,
+            content_type: "text/plain",
+            body: format!("{why}\n").into_bytes(),
+        }
+    }
+
     pub fn not_found() -> Self {
         Self {
             status: 404,
@@ -343,6 +352,7 @@ where
     let reason = match resp.status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         _ => "Error",
     };
@@ -364,11 +374,24 @@ where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
 {
+    serve_only(listener, AllowList::any(), handler).await
+}
+
+/// [`serve`] to clients inside `allow` only: others are closed at once, nothing read.
+pub async fn serve_only<F, Fut>(listener: TcpListener, allow: AllowList, handler: Arc<F>)
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
     loop {
         let Ok((s, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        if !allow.contains(peer.ip()) {
+            debug!(%peer, "http connection refused: outside --allow");
+            continue;
+        }
         let h = handler.clone();
         tokio::spawn(async move {
             let r = tokio::time::timeout(Duration::from_secs(30), handle_conn(s, peer, h)).await;

@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod allow;
 pub mod backlog;
 pub mod engine;
+pub mod gate;
 pub mod http;
 pub mod storage;
 #[cfg(any(test, feature = "test-support"))]

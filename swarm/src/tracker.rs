@@ -109,6 +109,16 @@ impl TrackerServer {
         self.done.load(Ordering::Relaxed)
     }
 
+    /// True if a live peer announced from `ip` (what the seeder's BitTorrent port admits).
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        let ip = crate::allow::canonical(ip);
+        self.peers
+            .lock()
+            .expect("tracker lock")
+            .values()
+            .any(|p| !p.gone && crate::allow::canonical(p.addr.ip()) == ip)
+    }
+
     /// Every known peer.
     pub fn snapshot(&self) -> Vec<([u8; 20], TrackedPeer)> {
         let mut v: Vec<_> = self
