@@ -293,9 +293,10 @@ pub fn status_url(ip: &str) -> String {
     format!("{}/status", seeder_base(ip))
 }
 
-/// The seeder's tracker.
+/// The seeder's tracker, as the served torrent names it (`?token=`: append parameters
+/// with `&`).
 pub fn announce_url(ip: &str) -> String {
-    format!("{}/announce", seeder_base(ip))
+    format!("http://{ip}:6880/announce?token={TEST_TOKEN}")
 }
 
 /// Starts a receiver on `ip`.

@@ -462,7 +462,7 @@ fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
     let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
     let announce = |from: &str, pid: &[u8; 20], extra: &str| {
         let url = format!(
-            "{}?info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
+            "{}&info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
             blockswarm_e2e::announce_url(&ip(1)),
             blockswarm_swarm::http::percent_encode(pid)
         );

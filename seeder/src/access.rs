@@ -1,8 +1,10 @@
 //! Who may use this seeder: `--allow` (checked at every accept, see
 //! `blockswarm_swarm::allow`) and the deployment token, 128 random bits in hex that every
 //! HTTP path carries (`/t/TOKEN/NAME.torrent`, `/t/TOKEN/announce`, `/t/TOKEN/status`). The
-//! announce URL written into the served torrent carries it too (outside the info dict: the
-//! infohash is unchanged), so any BitTorrent client given the printed URL works.
+//! announce URL written into the served torrent carries it too, as `/announce?token=TOKEN`
+//! (libtorrent's SSRF mitigation refuses a tracker on a loopback address whose path is not
+//! `/announce`), outside the info dict: the infohash is unchanged, so any BitTorrent client
+//! given the printed URL works.
 //!
 //! The token survives a restart (receivers keep their URLs): `--token HEX`, else the one kept
 //! in `--state-dir` for this infohash (created with mode 0600 on first use).
@@ -175,8 +177,24 @@ pub enum Route {
     NotFound,
 }
 
-/// Routes `path` for a seeder serving `name` with `token` (pure).
-pub fn route(path: &str, token: &Token, name: &str) -> Route {
+/// The announce URL of a seeder whose HTTP base is `base` (`http://HOST:PORT`).
+pub fn announce_url(base: &str, token: &Token) -> String {
+    format!("{base}/announce?token={}", token.hex())
+}
+
+/// Routes `path` (with the `token=` query parameter, if any) for a seeder serving `name`
+/// with `token` (pure).
+pub fn route(path: &str, query_token: Option<&[u8]>, token: &Token, name: &str) -> Route {
+    if path == "/announce" {
+        let ok = query_token
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .is_some_and(|t| token.matches(t));
+        return if ok {
+            Route::Announce
+        } else {
+            Route::Forbidden
+        };
+    }
     let torrent = format!("{name}.torrent");
     let known = |rest: &str| match rest {
         "announce" => Some(Route::Announce),
@@ -225,7 +243,7 @@ mod tests {
     #[test]
     fn every_path_needs_the_token() {
         let t = tok();
-        let r = |p: &str| route(p, &t, "sda1.packed");
+        let r = |p: &str| route(p, None, &t, "sda1.packed");
         let good = "/t/00112233445566778899aabbccddeeff";
         assert_eq!(r(&format!("{good}/sda1.packed.torrent")), Route::Manifest);
         assert_eq!(r(&format!("{good}/manifest.torrent")), Route::Manifest);
@@ -251,6 +269,25 @@ mod tests {
             assert_eq!(r(bad), Route::Forbidden, "{bad}");
         }
         assert_eq!(r("/favicon.ico"), Route::NotFound);
+        // The announce URL in the served torrent: the token as a query parameter.
+        let q = |p: &str, tok: &[u8]| route(p, Some(tok), &t, "sda1.packed");
+        assert_eq!(
+            q("/announce", b"00112233445566778899aabbccddeeff"),
+            Route::Announce
+        );
+        assert_eq!(
+            q("/announce", b"00112233445566778899aabbccddeef0"),
+            Route::Forbidden
+        );
+        assert_eq!(q("/announce", b""), Route::Forbidden);
+        assert_eq!(
+            q("/status", b"00112233445566778899aabbccddeeff"),
+            Route::Forbidden
+        );
+        assert_eq!(
+            announce_url("http://h:1", &t),
+            "http://h:1/announce?token=00112233445566778899aabbccddeeff"
+        );
     }
 
     #[test]

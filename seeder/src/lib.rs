@@ -409,7 +409,7 @@ impl App {
 
     fn handle(&self, r: &Request) -> Response {
         use access::Route;
-        match access::route(&r.path, &self.token, &self.name) {
+        match access::route(&r.path, r.param("token"), &self.token, &self.name) {
             Route::Announce => self.tracker.announce(r),
             Route::Status => Response::ok("application/json", self.status_json()),
             Route::Manifest => {
@@ -462,7 +462,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let announce_url = cli
         .tracker
         .clone()
-        .unwrap_or_else(|| format!("{base_t}/announce"));
+        .unwrap_or_else(|| access::announce_url(&base, &token));
     let tracker = Arc::new(TrackerServer::new(
         info_hash,
         Duration::from_secs(cli.announce_interval),

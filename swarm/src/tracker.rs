@@ -393,6 +393,30 @@ mod tests {
     }
 
     #[test]
+    fn knows_live_announcers_only() {
+        let ih = [7u8; 20];
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        let req = |peer: &str, event: &[u8]| Request {
+            path: "/announce".into(),
+            query: vec![
+                ("event".into(), event.to_vec()),
+                ("info_hash".into(), ih.to_vec()),
+                ("peer_id".into(), vec![4u8; 20]),
+                ("port".into(), b"6881".to_vec()),
+            ],
+            peer: peer.parse().unwrap(),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!t.knows(ip("127.0.0.2")));
+        t.announce(&req("127.0.0.2:40000", b"started"));
+        assert!(t.knows(ip("127.0.0.2")));
+        assert!(t.knows(ip("::ffff:127.0.0.2")));
+        assert!(!t.knows(ip("127.0.0.3")));
+        t.announce(&req("127.0.0.2:40001", b"stopped"));
+        assert!(!t.knows(ip("127.0.0.2")), "a stopped peer is gone");
+    }
+
+    #[test]
     fn a_node_restarted_at_the_same_address_replaces_its_old_entry() {
         let ih = [7u8; 20];
         let t = TrackerServer::new(ih, Duration::from_secs(5));
