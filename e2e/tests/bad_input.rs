@@ -632,6 +632,14 @@ fn a_request_flood_that_never_reads_does_not_exhaust_the_seeder() {
     let pid = seeder.child.as_ref().unwrap().id();
     let start_rss = vm_rss(pid);
     let seed_addr: std::net::SocketAddr = format!("{}:6881", ip(1)).parse().unwrap();
+    // An insider: it announced with the deployment token (from the address it then dials
+    // from), else the seeder would not even take its connection.
+    let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
+    http_get(&format!(
+        "{}&info_hash={ih}&peer_id=-FLOOD0-0123456789ab&port=6881&left=1&compact=1",
+        announce_url(&ip(1))
+    ))
+    .expect("the flooder's announce");
     let evil = blockswarm_e2e::evil_peer::flood_requests(
         seed_addr,
         f.m.info_hash().unwrap(),
