@@ -433,3 +433,53 @@ fn an_info_hash_mismatch_exits_3_before_any_write() {
     assert_eq!(r.wait(T), exit::BAD_INPUT, "{}", r.stderr_text());
     assert_eq!(sha1_file(&t), before, "the target was written");
 }
+
+/// Without `--token` the seeder makes a token and keeps it in `--state-dir`: a restarted
+/// seeder prints (and serves) the same URL, so receivers keep theirs.
+#[test]
+fn the_token_made_by_the_seeder_survives_a_restart() {
+    let f = fixture(1, 146);
+    let ip = "127.0.142.1";
+    let state = d(&f).join("state");
+    let printed_url = |name: &str| {
+        let mut s = Proc::spawn(
+            name,
+            std::process::Command::new(bin("seeder"))
+                .arg(&f.mpath)
+                .args([
+                    "--listen",
+                    &format!("{ip}:6881"),
+                    "--http",
+                    &format!("{ip}:6880"),
+                ])
+                .arg("--state-dir")
+                .arg(&state),
+            d(&f),
+        );
+        let mut url = String::new();
+        assert!(
+            wait_until(T, || {
+                let err = s.stderr_text();
+                let found = err
+                    .split_whitespace()
+                    .skip_while(|w| *w != "--manifest")
+                    .nth(1)
+                    .map(str::to_string);
+                url = found.unwrap_or_default();
+                !url.is_empty() && http_get(&url).is_some()
+            }),
+            "{name} never served its printed URL:\n{}",
+            s.stderr_text()
+        );
+        s.kill();
+        url
+    };
+    let first = printed_url("seeder-1");
+    let token = first.split('/').nth(4).unwrap().to_string();
+    assert_eq!(token.len(), 32, "{first}");
+    assert_ne!(token, TEST_TOKEN);
+    let kept = std::fs::read_to_string(state.join(format!("{}.token", hex::encode(f.ih)))).unwrap();
+    assert_eq!(kept.trim(), token);
+    let second = printed_url("seeder-2");
+    assert_eq!(first, second, "a restart changed the URL");
+}
