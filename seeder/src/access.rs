@@ -13,8 +13,11 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blockswarm_swarm::allow::{same_token, AllowList};
+use blockswarm_swarm::gate::PeerGate;
+use blockswarm_swarm::tracker::TrackerServer;
 use rand::RngCore;
 use tracing::warn;
 
@@ -162,6 +165,22 @@ pub fn allow_list(args: &AccessArgs) -> Result<AllowList, String> {
         Some(a) => Ok(a.clone()),
         None => blockswarm_swarm::allow::local_subnets()
             .map_err(|e| format!("cannot list this machine's interfaces for --allow: {e}")),
+    }
+}
+
+/// The gate of the seeder's BitTorrent port: inside `allow`, and (embedded tracker) only
+/// addresses that announced with the token. An external tracker knows no token: `allow`
+/// alone then.
+pub fn bt_gate(
+    allow: &AllowList,
+    external_tracker: bool,
+    tracker: &Arc<TrackerServer>,
+) -> PeerGate {
+    if external_tracker {
+        PeerGate::allow_only(allow.clone())
+    } else {
+        let t = tracker.clone();
+        PeerGate::with_lookup(allow.clone(), move |ip| t.knows(ip))
     }
 }
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockswarm_manifest::{device, exit, DecodedManifest, Manifest};
-use blockswarm_swarm::gate::PeerGate;
 use blockswarm_swarm::http::{self, Request, Response};
 use blockswarm_swarm::tracker::{self, Announce, TrackerServer};
 use blockswarm_swarm::{
@@ -467,14 +466,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         info_hash,
         Duration::from_secs(cli.announce_interval),
     ));
-    // BitTorrent port: inside --allow, and (embedded tracker) only addresses that announced
-    // with the token. An external tracker knows no token: --allow alone then.
-    let gate = if cli.tracker.is_some() {
-        PeerGate::allow_only(allow.clone())
-    } else {
-        let t = tracker.clone();
-        PeerGate::with_lookup(allow.clone(), move |ip| t.knows(ip))
-    };
+    let gate = access::bt_gate(&allow, cli.tracker.is_some(), &tracker);
 
     let mut served = m.clone();
     served.announce = Some(announce_url.clone());
