@@ -358,6 +358,8 @@ make_image() {
     mkfs.ext4 -q -F -b 4096 -d "$d" "$IMG" >/dev/null || return 1
     rm -rf "$d"
     NAME=src.img.packed
+    # The seeder's deployment token (every URL carries it).
+    TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
     MANIFEST=$TMP/src.torrent
     "$BIN/imager" "$IMG" -o "$MANIFEST" --piece-size "$PIECE" --save "$TMP/packed" 2>"$LOGS/imager.log" || return 1
     PACKED=$TMP/packed/$NAME
@@ -377,7 +379,7 @@ launch_receiver() {
         [ "$delay" != 0 ] && sleep "$delay"
         now >"$RUN/r$i$tag.start"
         ip netns exec "${P}h$i" timeout -k 5 "$tmo" "$BIN/receiver" \
-            --manifest "http://10.77.0.1:6880/$NAME.torrent" --target "$TMP/t$i" \
+            --manifest "http://10.77.0.1:6880/t/$TOKEN/$NAME.torrent" --target "$TMP/t$i" \
             --listen "10.77.0.$((i + 1)):6881" --verify "${extra[@]}" -q $VERB 2>&1 | stamp >"$RUN/r$i$tag.log"
         echo "${PIPESTATUS[0]} $(now)" >"$RUN/r$i$tag.rc"
         times >"$RUN/r$i$tag.times"
@@ -441,7 +443,7 @@ run_swarm() {
     cpu_baseline
     (
         ip netns exec "${P}h0" timeout -k 5 "$stmo" "$BIN/seeder" "$MANIFEST" --source "$IMG" \
-            --listen 10.77.0.1:6881 --http 10.77.0.1:6880 --expect "$n" -q $VERB \
+            --listen 10.77.0.1:6881 --http 10.77.0.1:6880 --token "$TOKEN" --expect "$n" -q $VERB \
             >"$RUN/seeder.json" 2> >(stamp >"$RUN/seeder.log")
         rc=$?
         times >"$RUN/seeder.times"

@@ -21,10 +21,12 @@ for i in $(seq -w 2 3 60); do debugfs -w -R "rm /file$i" "$W/source.img" >/dev/n
 "$B/imager" --map "$W/source.img" | grep -c '+$' | xargs printf "   used-block map: %s runs\n"
 
 echo "== 2. imager | seeder (HTTP on 127.0.0.1:6880, BitTorrent on 127.0.0.1:6881)"
+# The deployment token every URL carries (the seeder would make and keep one itself).
+TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 "$B/imager" "$W/source.img" | "$B/seeder" --listen 127.0.0.1:6881 --http 127.0.0.1:6880 \
-    --expect 3 --quiet > "$W/seeder-status.json" 2> "$W/seeder.log" &
+    --token "$TOKEN" --expect 3 --quiet > "$W/seeder-status.json" 2> "$W/seeder.log" &
 SEEDER=$!
-URL=http://127.0.0.1:6880/source.img.packed.torrent
+URL=http://127.0.0.1:6880/t/$TOKEN/source.img.packed.torrent
 for _ in $(seq 50); do curl -sf -o /dev/null "$URL" 2>/dev/null && break; sleep 0.2; done
 
 echo "== 3. three receivers on 127.0.0.2..4"

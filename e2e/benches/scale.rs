@@ -141,6 +141,8 @@ fn deploy(dir: &Path, m: &Manifest, tag: &str, target: &Path) -> (f64, u64) {
             "127.0.90.1:6881",
             "--http",
             "127.0.90.1:6880",
+            "--token",
+            blockswarm_e2e::TEST_TOKEN,
             "--expect",
             "1",
             "-q",
@@ -154,7 +156,11 @@ fn deploy(dir: &Path, m: &Manifest, tag: &str, target: &Path) -> (f64, u64) {
         Command::new(release_bin("receiver"))
             .args([
                 "--manifest",
-                &format!("http://127.0.90.1:6880/{}.torrent", m.name),
+                &format!(
+                    "http://127.0.90.1:6880/t/{}/{}.torrent",
+                    blockswarm_e2e::TEST_TOKEN,
+                    m.name
+                ),
             ])
             .arg("--target")
             .arg(target)

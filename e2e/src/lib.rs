@@ -254,7 +254,12 @@ pub fn image(img: &Path, out: &Path, extra: &[&str]) -> PathBuf {
     out.to_path_buf()
 }
 
-/// Starts a seeder serving `manifest` on `ip` (BitTorrent port 6881, HTTP 6880).
+/// The deployment token [`seeder`] gives its seeders (`--token`), so that a test knows the
+/// URLs and a restarted seeder keeps them.
+pub const TEST_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// Starts a seeder serving `manifest` on `ip` (BitTorrent port 6881, HTTP 6880) with
+/// `--token` [`TEST_TOKEN`].
 pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &str) -> Proc {
     Proc::spawn(
         name,
@@ -265,6 +270,8 @@ pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &s
                 &format!("{ip}:6881"),
                 "--http",
                 &format!("{ip}:6880"),
+                "--token",
+                TEST_TOKEN,
                 "-v",
             ])
             .args(extra),
@@ -272,9 +279,25 @@ pub fn seeder(ip: &str, manifest: &Path, extra: &[&str], logdir: &Path, name: &s
     )
 }
 
+/// `http://IP:6880/t/TEST_TOKEN`: where a [`seeder`] on `ip` serves everything.
+pub fn seeder_base(ip: &str) -> String {
+    format!("http://{ip}:6880/t/{TEST_TOKEN}")
+}
+
 /// The seeder's manifest URL for `name`.
 pub fn manifest_url(ip: &str, m: &Manifest) -> String {
-    format!("http://{ip}:6880/{}.torrent", m.name)
+    format!("{}/{}.torrent", seeder_base(ip), m.name)
+}
+
+/// The seeder's status page.
+pub fn status_url(ip: &str) -> String {
+    format!("{}/status", seeder_base(ip))
+}
+
+/// The seeder's tracker, as the served torrent names it (`?token=`: append parameters
+/// with `&`).
+pub fn announce_url(ip: &str) -> String {
+    format!("http://{ip}:6880/announce?token={TEST_TOKEN}")
 }
 
 /// Starts a receiver on `ip`.

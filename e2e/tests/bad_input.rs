@@ -169,6 +169,8 @@ fn target_in_use_by_a_live_seeder_is_refused() {
                 &format!("{ip}:6881"),
                 "--http",
                 &format!("{ip}:6880"),
+                "--token",
+                blockswarm_e2e::TEST_TOKEN,
             ]),
         &f.d,
     );
@@ -466,7 +468,7 @@ fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
         d,
         "seeder",
     );
-    let status_url = format!("http://{}:6880/status", ip(1));
+    let status_url = blockswarm_e2e::status_url(&ip(1));
     let status =
         || http_get(&status_url).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     assert!(
@@ -476,8 +478,8 @@ fn bare_announces_complete_nobody_and_a_copied_stop_removes_nobody() {
     let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
     let announce = |from: &str, pid: &[u8; 20], extra: &str| {
         let url = format!(
-            "http://{}:6880/announce?info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
-            ip(1),
+            "{}&info_hash={ih}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&compact=1{extra}",
+            blockswarm_e2e::announce_url(&ip(1)),
             blockswarm_swarm::http::percent_encode(pid)
         );
         get_from(&url, from).expect("tracker reply")
@@ -646,6 +648,14 @@ fn a_request_flood_that_never_reads_does_not_exhaust_the_seeder() {
     let pid = seeder.child.as_ref().unwrap().id();
     let start_rss = vm_rss(pid);
     let seed_addr: std::net::SocketAddr = format!("{}:6881", ip(1)).parse().unwrap();
+    // An insider: it announced with the deployment token (from the address it then dials
+    // from), else the seeder would not even take its connection.
+    let ih = blockswarm_swarm::http::percent_encode(&f.m.info_hash().unwrap());
+    http_get(&format!(
+        "{}&info_hash={ih}&peer_id=-FLOOD0-0123456789ab&port=6881&left=1&compact=1",
+        announce_url(&ip(1))
+    ))
+    .expect("the flooder's announce");
     let evil = blockswarm_e2e::evil_peer::flood_requests(
         seed_addr,
         f.m.info_hash().unwrap(),

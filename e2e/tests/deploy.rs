@@ -99,6 +99,8 @@ fn image_mode_deploys_the_same_result() {
                 &format!("{}:6881", ip(1)),
                 "--http",
                 &format!("{}:6880", ip(1)),
+                "--token",
+                TEST_TOKEN,
             ])
             .args(["--expect", "2", "-v"]),
         d,

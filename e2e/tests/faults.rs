@@ -120,7 +120,7 @@ fn a_seeder_killed_for_good_makes_every_receiver_give_up_within_the_stall_deadli
         assert!(err.contains("missing pieces of"), "{err}");
         // It names the seeder it tried: its tracker and its BitTorrent address.
         assert!(
-            err.contains(&format!("tried tracker http://{}:6880/announce", ip(1)))
+            err.contains(&format!("tried tracker {}", announce_url(&ip(1))))
                 && err.contains(&format!("{}:6881", ip(1))),
             "{err}"
         );

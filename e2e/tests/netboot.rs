@@ -63,7 +63,8 @@ fn the_seeder_serves_the_boot_script_and_files() {
         vec![
             "#!ipxe".to_string(),
             format!(
-                "kernel {base}/boot/vmlinuz blockswarm.manifest={url} console=ttyS0 console=tty0"
+                "kernel {base}/boot/vmlinuz blockswarm.manifest={url} blockswarm.info-hash={} console=ttyS0 console=tty0",
+                hex::encode(m.info_hash().unwrap())
             ),
             format!("initrd {base}/boot/initrd.img"),
             "boot".to_string(),
@@ -174,13 +175,15 @@ fn a_bare_vm_boots_the_netboot_kernel_and_becomes_a_clone() {
             "127.0.0.1:26880",
             "--advertise",
             "10.0.2.2",
+            "--token",
+            TEST_TOKEN,
             "--expect",
             "1",
             "-v",
         ]),
         d,
     );
-    let url = format!("http://10.0.2.2:26880/{}.torrent", m.name);
+    let url = format!("http://10.0.2.2:26880/t/{TEST_TOKEN}/{}.torrent", m.name);
     let target = d.join("target.img");
     let target_size = std::fs::metadata(&fx.disk).unwrap().len() * 3 / 2;
     random_target(&target, target_size, 53);
@@ -242,10 +245,12 @@ fn a_too_small_disk_ends_in_the_shell_with_the_error() {
             "127.0.0.1:26882",
             "--advertise",
             "10.0.2.2",
+            "--token",
+            TEST_TOKEN,
         ]),
         d,
     );
-    let url = format!("http://10.0.2.2:26882/{}.torrent", m.name);
+    let url = format!("http://10.0.2.2:26882/t/{TEST_TOKEN}/{}.torrent", m.name);
     let target = d.join("small.img");
     random_target(&target, 64 << 20, 54);
     let b = netboot_vm(

@@ -228,7 +228,7 @@ fn a_finished_disk_clone_resumes_and_fetches_only_the_rewritten_table() {
     random_target(&t, grown_size(src.size), 108);
     let ip = |h: u8| format!("127.0.108.{h}");
     let url = manifest_url(&ip(1), &m);
-    let tracker = format!("http://{}:6880/announce", ip(1));
+    let tracker = announce_url(&ip(1));
     let mut copies = Vec::new();
     for round in 0..2 {
         let (mut seeder, r) = if round == 0 {

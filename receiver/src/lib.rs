@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockswarm_manifest::Manifest;
+use blockswarm_swarm::gate::PeerGate;
 use blockswarm_swarm::tracker::{self, Announce};
 use blockswarm_swarm::{
     http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
@@ -70,6 +71,23 @@ async fn fetch_manifest(
     }
 }
 
+/// The seeder's addresses: the hosts of the manifest URL and of the tracker URL (resolved).
+async fn seeder_ips(manifest: &str, tracker: Option<&str>) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for u in [Some(manifest), tracker]
+        .into_iter()
+        .flatten()
+        .filter(|u| is_url(u))
+    {
+        if let Ok(u) = http::Url::parse(u) {
+            if let Ok(addrs) = tokio::net::lookup_host((u.host.as_str(), u.port)).await {
+                ips.extend(addrs.map(|a| a.ip()));
+            }
+        }
+    }
+    ips
+}
+
 /// Runs the receiver to completion. A failure after the seeder was reached is reported to
 /// it (one last `event=stopped` announce with the exit code and the error, bounded wait).
 pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
@@ -89,8 +107,17 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     let decoded = Manifest::decode(&bytes)
         .map_err(|e| ReceiverError::BadManifest(format!("invalid manifest: {e}")))?;
     drop(bytes); // a fragmented map makes it megabytes; the decoded form is all we need
-    let m = Arc::new(decoded.manifest);
     let info_hash = decoded.info_hash;
+    if let Some(want) = s.info_hash {
+        if want != info_hash {
+            return Err(ReceiverError::BadManifest(format!(
+                "the manifest's infohash is {}, not the {} given with --info-hash: another deployment, or a forged manifest; nothing written",
+                hex::encode(info_hash),
+                hex::encode(want)
+            )));
+        }
+    }
+    let m = Arc::new(decoded.manifest);
     let announce_url = s.tracker.clone().or_else(|| m.announce.clone());
     if announce_url.is_none() && s.peers.is_empty() {
         return Err(ReceiverError::BadManifest(
@@ -135,8 +162,14 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         .port();
     report_to.set_port(port);
     let n = m.num_pieces() as usize;
+    // Peer connections only from the seeder, peers the tracker handed us and --peer
+    // addresses; an unknown address makes us announce at once (gate.rs).
+    let gate = Arc::new(PeerGate::new(announce_url.is_some()));
+    gate.permit(s.peers.iter().map(|p| p.ip()));
+    gate.permit(seeder_ips(&s.manifest, announce_url.as_deref()).await);
     let opts = SwarmOptions {
         bind_ip,
+        gate: Some(gate.clone()),
         max_pieces_in_progress: ((64u64 << 20) / m.piece_length as u64).clamp(4, 64) as usize,
         ..Default::default()
     };
@@ -215,6 +248,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     swarm.add_peers(s.peers.iter().copied());
     if let Some(url) = announce_url.clone() {
         let sw = swarm.clone();
+        let gate = gate.clone();
         let total = m.total_length();
         let reached_once = reached_once.clone();
         tokio::spawn(async move {
@@ -246,6 +280,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                             sent_completed = true;
                         }
                         event = None;
+                        gate.permit(r.peers.iter().map(|p| p.ip()));
                         sw.add_peers(r.peers);
                         let _ = done_tx.send(r.done);
                         // Once complete, poll four times a second so that "done" is seen at
@@ -261,10 +296,15 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                         Duration::from_secs(1)
                     }
                 };
-                // Announce again at once when we complete.
+                // Announce again at once when we complete, or (at most once a second) when
+                // an address we do not know yet dials us.
                 let wait_until = Instant::now() + wait;
+                let earliest = Instant::now() + Duration::from_secs(1);
                 while Instant::now() < wait_until {
                     if sw.is_complete() && !sent_completed {
+                        break;
+                    }
+                    if Instant::now() >= earliest && gate.take_asked() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;

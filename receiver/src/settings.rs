@@ -27,6 +27,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
+/// Parses an infohash: 40 hex digits.
+pub fn parse_info_hash(s: &str) -> Result<[u8; 20], String> {
+    let mut b = [0u8; 20];
+    hex::decode_to_slice(s.trim(), &mut b)
+        .map_err(|_| format!("an infohash is 40 hex digits, not {s:?}"))?;
+    Ok(b)
+}
+
 /// Receives a blockswarm deployment onto a target device.
 ///
 /// Exit codes: 0 done and verified; 1 runtime failure; 2 usage; 3 bad manifest; 4 bad target
@@ -39,6 +47,11 @@ pub struct Cli {
     /// Manifest: a file, or an http:// URL printed by the seeder.
     #[arg(long, env = "RECEIVER_MANIFEST")]
     pub manifest: Option<String>,
+
+    /// The manifest's infohash (40 hex digits, printed by the seeder): a fetched manifest with
+    /// another one is refused (exit 3) before anything is written.
+    #[arg(long, env = "RECEIVER_INFO_HASH", value_parser = parse_info_hash, value_name = "HEX")]
+    pub info_hash: Option<[u8; 20]>,
 
     /// Target block device (or image file) to write: at least the source's size, or for a
     /// whole-disk manifest the end of its last partition. `auto`: the only whole disk on this
@@ -58,7 +71,7 @@ pub struct Cli {
     )]
     pub auto_from: Vec<PathBuf>,
 
-    /// KEY=VALUE settings file (MANIFEST=, TARGET=, AUTO_FROM=, LISTEN=, SEED_AFTER=, VERIFY=,
+    /// KEY=VALUE settings file (MANIFEST=, INFO_HASH=, TARGET=, AUTO_FROM=, LISTEN=, SEED_AFTER=, VERIFY=,
     /// RESUME=, TRACKER=, PEERS=, RETRY_FOR=, STALL_TIMEOUT=), as a rescue/PXE system would pass
     /// them. The command line wins.
     #[arg(long, env = "RECEIVER_CONFIG")]
@@ -148,6 +161,8 @@ impl ReceiverError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub manifest: String,
+    /// The infohash the manifest must have (`--info-hash`).
+    pub info_hash: Option<[u8; 20]>,
     /// A device or file, or `auto` (see [`Settings::target_is_auto`]).
     pub target: PathBuf,
     pub auto_from: Vec<PathBuf>,
@@ -197,6 +212,7 @@ impl Settings {
                 let v = v.trim().trim_matches('"');
                 match k.trim() {
                     "MANIFEST" => file.manifest = Some(v.into()),
+                    "INFO_HASH" => file.info_hash = Some(parse_info_hash(v).map_err(err)?),
                     "TARGET" => file.target = Some(v.into()),
                     "AUTO_FROM" => file.auto_from = v.split(',').map(|p| p.trim().into()).collect(),
                     "LISTEN" => {
@@ -230,6 +246,7 @@ impl Settings {
             .ok_or_else(|| ReceiverError::Usage("no target: pass --target DEV".into()))?;
         Ok(Settings {
             manifest,
+            info_hash: cli.info_hash.or(file.info_hash),
             target,
             auto_from: if cli.auto_from.is_empty() {
                 file.auto_from
@@ -272,6 +289,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn info_hashes() {
+        assert!(parse_info_hash("00112233445566778899aabbccddeeff00112233").is_ok());
+        for bad in [
+            "",
+            "0011",
+            "00112233445566778899aabbccddeeff0011223344",
+            "zz112233445566778899aabbccddeeff00112233",
+        ] {
+            assert!(parse_info_hash(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
@@ -287,7 +317,7 @@ mod tests {
         let p = dir.path().join("r.conf");
         std::fs::write(
             &p,
-            "# rescue config\nMANIFEST=http://10.0.0.1:6880/x.torrent\nTARGET=/dev/sda1\nLISTEN=0.0.0.0:7000\nSEED_AFTER=5m\nVERIFY=yes\nSTALL_TIMEOUT=90s\n",
+            "# rescue config\nMANIFEST=http://10.0.0.1:6880/x.torrent\nINFO_HASH=00112233445566778899AABBCCDDEEFF00112233\nTARGET=/dev/sda1\nLISTEN=0.0.0.0:7000\nSEED_AFTER=5m\nVERIFY=yes\nSTALL_TIMEOUT=90s\n",
         )
         .unwrap();
         let cli = Cli {
@@ -297,6 +327,10 @@ mod tests {
         };
         let s = Settings::resolve(&cli).unwrap();
         assert_eq!(s.manifest, "http://10.0.0.1:6880/x.torrent");
+        assert_eq!(
+            s.info_hash.map(hex::encode).as_deref(),
+            Some("00112233445566778899aabbccddeeff00112233")
+        );
         assert_eq!(s.target, PathBuf::from("/dev/sdb1"), "command line wins");
         assert_eq!(s.listen.port(), 7000);
         assert_eq!(s.seed_after, Duration::from_secs(300));

@@ -4,6 +4,7 @@
 //! once N receivers are complete.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod netboot;
 pub mod outcome;
 
@@ -122,6 +123,8 @@ pub struct Cli {
     /// it is served (a changed or wrong source then goes out unnoticed by the seeder).
     #[arg(long, hide = true, env = "SEEDER_UNSAFE_NO_SERVE_CHECK")]
     pub unsafe_no_serve_check: bool,
+    #[command(flatten)]
+    pub access: access::AccessArgs,
 }
 
 /// Seeder failures, each with its exit code.
@@ -332,6 +335,7 @@ struct App {
     info_hash: [u8; 20],
     total: u64,
     served_manifest: Vec<u8>,
+    token: access::Token,
     tracker: Arc<TrackerServer>,
     swarm: Swarm,
     seeder_id: [u8; 20],
@@ -491,18 +495,25 @@ impl App {
     }
 
     fn handle(&self, r: &Request) -> Response {
-        let torrent_path = format!("/{}.torrent", self.name);
-        match r.path.as_str() {
-            "/announce" => self.tracker.announce(r),
-            "/status" => Response::ok("application/json", self.status_json()),
-            p if p == torrent_path || p == "/manifest.torrent" => {
+        use access::Route;
+        match access::route(&r.path, r.param("token"), &self.token, &self.name) {
+            Route::Announce => self.tracker.announce(r),
+            Route::Status => Response::ok("application/json", self.status_json()),
+            Route::Manifest => {
                 Response::ok("application/x-bittorrent", self.served_manifest.clone())
             }
-            "/" => Response::ok(
+            Route::Index => Response::ok(
                 "text/plain",
-                format!("blockswarm seeder: GET {torrent_path}, /announce, /status\n").into_bytes(),
+                format!(
+                    "blockswarm seeder: GET /t/TOKEN/{}.torrent, /t/TOKEN/announce, /t/TOKEN/status\n",
+                    self.name
+                )
+                .into_bytes(),
             ),
-            _ => Response::not_found(),
+            Route::Forbidden => Response::forbidden(
+                "this seeder needs its deployment token: use the URL it printed (http://HOST:PORT/t/TOKEN/...)",
+            ),
+            Route::NotFound => Response::not_found(),
         }
     }
 }
@@ -516,6 +527,8 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let m = decoded.manifest;
     let info_hash = decoded.info_hash;
     let (storage, desc) = open_storage(&cli, &m)?;
+    let allow = access::allow_list(&cli.access).map_err(fail)?;
+    let token = access::token(&cli.access, &info_hash).map_err(bad)?;
 
     let bt = tokio::net::TcpListener::bind(cli.listen)
         .await
@@ -531,10 +544,17 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     } else {
         format!("http://{ip}:{}", web_addr.port())
     };
+    // Every path of ours carries the deployment token (see access.rs).
+    let base_t = format!("{base}/t/{}", token.hex());
     let announce_url = cli
         .tracker
         .clone()
-        .unwrap_or_else(|| format!("{base}/announce"));
+        .unwrap_or_else(|| access::announce_url(&base, &token));
+    let tracker = Arc::new(TrackerServer::new(
+        info_hash,
+        Duration::from_secs(cli.announce_interval),
+    ));
+    let gate = access::bt_gate(&allow, cli.tracker.is_some(), &tracker);
 
     let mut served = m.clone();
     served.announce = Some(announce_url.clone());
@@ -546,6 +566,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         prefer_unsent: true,
         trust_initial_pieces: cli.unsafe_no_serve_check,
         bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
+        gate: Some(Arc::new(gate)),
         ..Default::default()
     };
     let info = TorrentInfo {
@@ -557,10 +578,6 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     let n = m.num_pieces() as usize;
     // Seed mode: serve at once; each piece is SHA-1-checked when first served.
     let swarm = Swarm::start(info, peer_id, storage, vec![true; n], bt, opts).map_err(fail)?;
-    let tracker = Arc::new(TrackerServer::new(
-        info_hash,
-        Duration::from_secs(cli.announce_interval),
-    ));
     let my_bt = SocketAddr::new(ip, bt_addr.port());
     tracker.add_static(peer_id, my_bt, true);
 
@@ -569,6 +586,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         info_hash,
         total: m.total_length(),
         served_manifest,
+        token: token.clone(),
         tracker: tracker.clone(),
         swarm: swarm.clone(),
         seeder_id: peer_id,
@@ -576,15 +594,17 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         seen: Default::default(),
     });
     let handler_app = app.clone();
-    tokio::spawn(http::serve(
+    tokio::spawn(http::serve_only(
         web,
+        allow.clone(),
         Arc::new(move |r: Request| {
             let a = handler_app.clone();
             async move { a.handle(&r) }
         }),
     ));
 
-    let manifest_url = format!("{base}/{}.torrent", m.name);
+    let manifest_url = format!("{base_t}/{}.torrent", m.name);
+    let ih_hex = hex::encode(info_hash);
     eprintln!(
         "seeder: serving {} ({} used bytes, {} pieces) from {desc}",
         m.name,
@@ -601,10 +621,11 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         None => "/dev/TARGET".into(),
     };
     eprintln!(
-        "seeder: on each target run:  receiver --manifest {manifest_url} --target {target_hint}"
+        "seeder: on each target run:  receiver --manifest {manifest_url} --info-hash {ih_hex} --target {target_hint}"
     );
+    eprintln!("seeder: serving clients in {allow} only (--allow)");
     if let Some(dir) = &cli.netboot.netboot {
-        let url = netboot::start(&cli.netboot, dir, ip, &manifest_url)
+        let url = netboot::start(&cli.netboot, dir, ip, &manifest_url, &ih_hex, allow.clone())
             .await
             .map_err(fail)?;
         eprintln!("seeder: netboot: iPXE script at {url}");

@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use blockswarm_swarm::allow::AllowList;
+
 /// The netboot options of `seeder`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetbootArgs {
@@ -63,10 +65,11 @@ pub fn base_url(ip: IpAddr, port: u16) -> String {
 /// the receiver's progress and errors and runs its rescue shell.
 pub const DEFAULT_CONSOLES: &str = "console=ttyS0 console=tty0";
 
-/// The iPXE script: the kernel and initramfs from `base`, the manifest URL on the kernel
-/// command line, then [`DEFAULT_CONSOLES`] and `append`; an `append` with a `console=` word
-/// replaces the default consoles (`console=ttyS0`: the init and its shell on the serial port).
-pub fn ipxe_script(base: &str, manifest_url: &str, append: &str) -> String {
+/// The iPXE script: the kernel and initramfs from `base`, the manifest URL (with the
+/// deployment token) and the infohash the receiver pins on the kernel command line, then
+/// [`DEFAULT_CONSOLES`] and `append`; an `append` with a `console=` word replaces the default
+/// consoles (`console=ttyS0`: the init and its shell on the serial port).
+pub fn ipxe_script(base: &str, manifest_url: &str, info_hash: &str, append: &str) -> String {
     let append = append.trim();
     let own_console = append.split_whitespace().any(|w| w.starts_with("console="));
     let mut extra = String::new();
@@ -81,7 +84,7 @@ pub fn ipxe_script(base: &str, manifest_url: &str, append: &str) -> String {
     format!(
         "#!ipxe\n\
          echo blockswarm: booting the receiver for {manifest_url}\n\
-         kernel {base}/boot/vmlinuz blockswarm.manifest={manifest_url}{extra}\n\
+         kernel {base}/boot/vmlinuz blockswarm.manifest={manifest_url} blockswarm.info-hash={info_hash}{extra}\n\
          initrd {base}/boot/initrd.img\n\
          boot\n"
     )
@@ -158,6 +161,8 @@ pub async fn start(
     dir: &Path,
     ip: IpAddr,
     manifest_url: &str,
+    info_hash: &str,
+    allow: AllowList,
 ) -> Result<String, String> {
     for f in ["vmlinuz", "initrd.img"] {
         let p = dir.join(f);
@@ -176,9 +181,9 @@ pub async fn start(
     let base = base_url(ip, port);
     let served = Arc::new(Served {
         dir: dir.to_path_buf(),
-        script: ipxe_script(&base, manifest_url, &args.netboot_append),
+        script: ipxe_script(&base, manifest_url, info_hash, &args.netboot_append),
     });
-    tokio::spawn(serve(listener, served));
+    tokio::spawn(serve(listener, allow, served));
     let url = format!("{base}/boot.ipxe");
     info!(%url, "netboot ready");
     Ok(url)
@@ -187,11 +192,16 @@ pub async fn start(
 /// A netboot download (kernel and initramfs, ~10 MiB) ends within this long.
 const NETBOOT_CONN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Within the limits of `conn_limit::HTTP` (the request head within 5 s).
-async fn serve(listener: TcpListener, served: Arc<Served>) {
+/// Within the limits of `conn_limit::HTTP` (the request head within 5 s), to clients inside
+/// `allow` only.
+async fn serve(listener: TcpListener, allow: AllowList, served: Arc<Served>) {
     let limiter = conn_limit::Limiter::new(conn_limit::HTTP);
     loop {
         match listener.accept().await {
+            // Outside --allow: closed at once (the script reveals the deployment token).
+            Ok((_, peer)) if !allow.contains(peer.ip()) => {
+                tracing::debug!(%peer, "netboot connection refused: outside --allow");
+            }
             Ok((s, peer)) => {
                 let Ok(slot) = limiter.admit(peer.ip()).await else {
                     debug!(%peer, "netboot: too many connections, refused");
@@ -301,26 +311,29 @@ mod tests {
     fn the_ipxe_script() {
         let s = ipxe_script(
             "http://10.0.0.5:8080",
-            "http://10.0.0.5:6880/sda.packed.torrent",
+            "http://10.0.0.5:6880/t/00ff/sda.packed.torrent",
+            "abcd",
             "",
         );
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains(
             "\nkernel http://10.0.0.5:8080/boot/vmlinuz \
-             blockswarm.manifest=http://10.0.0.5:6880/sda.packed.torrent console=ttyS0 console=tty0\n"
+             blockswarm.manifest=http://10.0.0.5:6880/t/00ff/sda.packed.torrent \
+             blockswarm.info-hash=abcd console=ttyS0 console=tty0\n"
         ));
         assert!(s.contains("\ninitrd http://10.0.0.5:8080/boot/initrd.img\n"));
         assert!(s.ends_with("\nboot\n"));
         let s = ipxe_script(
             "http://h:1",
             "http://h:2/x.torrent",
+            "ab",
             " blockswarm.done=poweroff ",
         );
         assert!(s.contains("console=tty0 blockswarm.done=poweroff\n"));
         // A console= of its own replaces the default consoles (the last one is /dev/console).
-        let s = ipxe_script("http://h:1", "http://h:2/x.torrent", "console=ttyS0 quiet");
+        let s = ipxe_script("http://h:1", "http://h:2/x.torrent", "ab", "console=ttyS0 quiet");
         assert!(
-            s.contains("blockswarm.manifest=http://h:2/x.torrent console=ttyS0 quiet\n"),
+            s.contains("blockswarm.manifest=http://h:2/x.torrent blockswarm.info-hash=ab console=ttyS0 quiet\n"),
             "{s}"
         );
         assert!(!s.contains("tty0"), "{s}");

@@ -133,6 +133,8 @@ pub struct SwarmOptions {
     /// Serve the pieces given as present at start without hashing them first. Off: each
     /// is SHA-1-checked the first time it is served (see `servable`). For measurements.
     pub trust_initial_pieces: bool,
+    /// Incoming connections only from addresses this gate admits (None: from anyone).
+    pub gate: Option<Arc<crate::gate::PeerGate>>,
 }
 
 impl Default for SwarmOptions {
@@ -147,6 +149,7 @@ impl Default for SwarmOptions {
             request_timeout: Duration::from_secs(20),
             prefer_unsent: false,
             trust_initial_pieces: false,
+            gate: None,
         }
     }
 }
@@ -611,6 +614,11 @@ impl Swarm {
                     };
                     let s = self.clone();
                     tokio::spawn(async move {
+                        if let Some(g) = &s.shared.opts.gate {
+                            if !g.admit(addr.ip()).await {
+                                return; // closed before any handshake of ours
+                            }
+                        }
                         if let Err(e) = s.run_peer(stream, addr, false, slot).await {
                             debug!(peer = %addr, "incoming connection ended: {e}");
                         }

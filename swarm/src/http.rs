@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, warn};
 
+use crate::allow::AllowList;
 use crate::conn_limit::{self, Limiter, Slot};
 use crate::SwarmError;
 
@@ -272,6 +273,14 @@ impl Response {
         }
     }
 
+    pub fn forbidden(why: &str) -> Self {
+        Self {
+            status: 403,
+            content_type: "text/plain",
+            body: format!("{why}\n").into_bytes(),
+        }
+    }
+
     pub fn not_found() -> Self {
         Self {
             status: 404,
@@ -360,6 +369,7 @@ where
     let reason = match resp.status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         _ => "Error",
     };
@@ -385,6 +395,15 @@ where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
 {
+    serve_only(listener, AllowList::any(), handler).await
+}
+
+/// [`serve`] to clients inside `allow` only: others are closed at once, nothing read.
+pub async fn serve_only<F, Fut>(listener: TcpListener, allow: AllowList, handler: Arc<F>)
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
     let limiter = Limiter::new(conn_limit::HTTP);
     loop {
         let (s, peer) = match listener.accept().await {
@@ -395,6 +414,10 @@ where
                 continue;
             }
         };
+        if !allow.contains(peer.ip()) {
+            debug!(%peer, "http connection refused: outside --allow");
+            continue;
+        }
         let slot = match limiter.admit(peer.ip()).await {
             Ok(slot) => slot,
             Err(why) => {

@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod allow;
 pub mod backlog;
 pub mod conn_limit;
 pub mod engine;
 pub mod failure_report;
+pub mod gate;
 pub mod http;
 pub mod servable;
 pub mod storage;

@@ -120,6 +120,16 @@ impl TrackerServer {
         self.failures.lock().expect("tracker lock").since(from)
     }
 
+    /// True if a live peer announced from `ip` (what the seeder's BitTorrent port admits).
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        let ip = crate::allow::canonical(ip);
+        self.peers
+            .lock()
+            .expect("tracker lock")
+            .values()
+            .any(|p| !p.gone && crate::allow::canonical(p.addr.ip()) == ip)
+    }
+
     /// Every known peer.
     pub fn snapshot(&self) -> Vec<([u8; 20], TrackedPeer)> {
         let mut v: Vec<_> = self
@@ -426,6 +436,30 @@ mod tests {
             announce(&a, None).await,
             Err(SwarmError::Tracker(_))
         ));
+    }
+
+    #[test]
+    fn knows_live_announcers_only() {
+        let ih = [7u8; 20];
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        let req = |peer: &str, event: &[u8]| Request {
+            path: "/announce".into(),
+            query: vec![
+                ("event".into(), event.to_vec()),
+                ("info_hash".into(), ih.to_vec()),
+                ("peer_id".into(), vec![4u8; 20]),
+                ("port".into(), b"6881".to_vec()),
+            ],
+            peer: peer.parse().unwrap(),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!t.knows(ip("127.0.0.2")));
+        t.announce(&req("127.0.0.2:40000", b"started"));
+        assert!(t.knows(ip("127.0.0.2")));
+        assert!(t.knows(ip("::ffff:127.0.0.2")));
+        assert!(!t.knows(ip("127.0.0.3")));
+        t.announce(&req("127.0.0.2:40001", b"stopped"));
+        assert!(!t.knows(ip("127.0.0.2")), "a stopped peer is gone");
     }
 
     #[test]
