@@ -400,7 +400,7 @@ pub fn wait_all_ok(rs: &mut [(PathBuf, Proc)], timeout: Duration) {
 
 /// The `/status` JSON of the seeder on `ip` (HTTP port 6880), if it answers.
 pub fn status_of(ip: &str) -> Option<serde_json::Value> {
-    let b = http_get(&format!("http://{ip}:6880/status"))?;
+    let b = http_get(&status_url(ip))?;
     serde_json::from_slice(&b).ok()
 }
 

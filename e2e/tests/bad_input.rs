@@ -396,7 +396,7 @@ fn receiver_killed_half_way_resumes_and_finishes_correct() {
     // time: under load a sleep could kill it before it got anything, or after it finished.
     let half = f.m.total_length() / 2;
     let uploaded = || {
-        http_get(&format!("http://{}:6880/status", ip(1)))
+        http_get(&status_url(&ip(1)))
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|s| s["uploaded"].as_u64())
     };

@@ -81,7 +81,7 @@ fn pieces_ok(target: &Path, m: &Manifest) -> Vec<bool> {
 
 /// The seeder's `/status` JSON, if it answers.
 fn status(ip: &str) -> Option<serde_json::Value> {
-    let b = http_get(&format!("http://{ip}:6880/status"))?;
+    let b = http_get(&status_url(ip))?;
     serde_json::from_slice(&b).ok()
 }
 
@@ -486,7 +486,7 @@ fn an_unreadable_piece_comes_from_a_healthy_second_seeder() {
         "seeder never listed piece {k} as unreadable\n{}",
         first.stderr_text()
     );
-    let tracker = format!("http://{}:6880/announce", ip(1));
+    let tracker = announce_url(&ip(1));
     let added = Instant::now();
     let mut second = seeder(
         &ip(9),

@@ -46,7 +46,7 @@ fn fixture(seed: u64) -> Fixture {
 }
 
 fn status_ok(ip: &str) -> bool {
-    http_get(&format!("http://{ip}:6880/status")).is_some()
+    http_get(&status_url(ip)).is_some()
 }
 
 fn pid(p: &Proc) -> i32 {

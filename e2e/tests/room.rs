@@ -78,6 +78,8 @@ fn room_seeder(room: &Room, mpath: &Path, nb: &Path, extra: &[&str]) -> Proc {
             &format!("{SEEDER_IP}:6880"),
             "--netboot-http",
             &format!("{SEEDER_IP}:8080"),
+            "--token",
+            TEST_TOKEN,
             "--netboot",
         ])
         .arg(nb)
@@ -351,7 +353,7 @@ fn direct_boot_with_two_disks_picks_the_large_one() {
     );
     let small_before = sha1_file(&small);
 
-    let url = format!("http://{SEEDER_IP}:6880/{}.torrent", m.name);
+    let url = manifest_url(SEEDER_IP, &m);
     let nb = d.join("nb");
     let mut cmd = qemu_in_room(&room, "tap0", "52:54:00:79:00:20");
     cmd.arg("-no-reboot")

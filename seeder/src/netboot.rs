@@ -331,7 +331,12 @@ mod tests {
         );
         assert!(s.contains("console=tty0 blockswarm.done=poweroff\n"));
         // A console= of its own replaces the default consoles (the last one is /dev/console).
-        let s = ipxe_script("http://h:1", "http://h:2/x.torrent", "ab", "console=ttyS0 quiet");
+        let s = ipxe_script(
+            "http://h:1",
+            "http://h:2/x.torrent",
+            "ab",
+            "console=ttyS0 quiet",
+        );
         assert!(
             s.contains("blockswarm.manifest=http://h:2/x.torrent blockswarm.info-hash=ab console=ttyS0 quiet\n"),
             "{s}"

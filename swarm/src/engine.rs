@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 
 use crate::admit::{Admission, Verdict};
 use crate::backlog::Backlog;
-use crate::servable::{Admit, Servable};
 use crate::conn_limit;
+use crate::servable::{Admit, Servable};
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::SwarmError;
