@@ -576,7 +576,16 @@ fn a_peer_sending_blocks_nobody_asked_for_is_banned_and_stalls_nobody() {
         blockswarm_e2e::evil_peer::Lie::Unsolicited,
     );
     let start = Instant::now();
-    let mut seeder = seeder(&ip(1), &f.mpath, &["--expect", "3"], &f.d, "seeder");
+    // The seeder's upload is capped so that the deployment lasts seconds, not a fraction of
+    // one: every receiver is then connected to the attacker while it sends (one block per
+    // 0.1 s) and must ban it (on loopback an uncapped receiver may be done before the first).
+    let mut seeder = seeder(
+        &ip(1),
+        &f.mpath,
+        &["--expect", "3", "--upload-limit", "2M"],
+        &f.d,
+        "seeder",
+    );
     let mut rs = start_receivers(
         net,
         2..=4,

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{debug, warn};
 
 use crate::allow::AllowList;
@@ -190,6 +190,13 @@ async fn get_inner(u: &Url, bind_ip: Option<IpAddr>) -> Result<Vec<u8>, SwarmErr
     let mut buf = Vec::new();
     let mut limited = (&mut stream).take((MAX_BODY + MAX_HEAD) as u64);
     limited.read_to_end(&mut buf).await?;
+    parse_response(buf, &u.to_string_with(&u.target))
+}
+
+/// The body of a complete HTTP/1.x response read up to the end of the connection (`buf`): an
+/// error unless its status is 200, its transfer encoding (if any) is `identity` and its body
+/// has the `Content-Length` (if any). `url` only names the request in errors.
+pub fn parse_response(mut buf: Vec<u8>, url: &str) -> Result<Vec<u8>, SwarmError> {
     let head_end = find_head_end(&buf)
         .ok_or_else(|| SwarmError::Http("response has no complete header".into()))?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -217,8 +224,7 @@ async fn get_inner(u: &Url, bind_ip: Option<IpAddr>) -> Result<Vec<u8>, SwarmErr
     let body = buf.split_off(head_end);
     if status != 200 {
         return Err(SwarmError::Http(format!(
-            "GET {} answered {status_line}",
-            u.to_string_with(&u.target)
+            "GET {url} answered {status_line}"
         )));
     }
     if let Some(cl) = content_length {
@@ -290,7 +296,9 @@ impl Response {
     }
 }
 
-fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
+/// Parses a request head (request line and headers, as received): `None` unless it is a
+/// GET or HEAD request line with a target.
+pub fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
     let line = head.lines().next()?;
     let mut parts = line.split_whitespace();
     let method = parts.next()?;
@@ -319,7 +327,7 @@ fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
 
 /// Reads a request head (at most [`MAX_HEAD`] bytes); `None` if the client closed or sent
 /// more without ending it.
-async fn read_head(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, usize)>> {
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Option<(Vec<u8>, usize)>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let mut chunk = [0u8; 2048];
@@ -338,13 +346,18 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, usize)
     }
 }
 
-async fn handle_conn<F, Fut>(
-    mut s: TcpStream,
+/// Serves one request on a connection (`s`: a TCP stream, or in fuzz tests an in-memory one):
+/// reads the head (at most `MAX_HEAD` bytes, within `conn_limit::HTTP_HEAD_TIMEOUT`), answers
+/// with `handler`'s response, closes. `slot` is told when the head is in.
+#[doc(hidden)]
+pub async fn handle_conn<S, F, Fut>(
+    mut s: S,
     peer: SocketAddr,
     handler: Arc<F>,
     slot: &Slot,
 ) -> std::io::Result<()>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
 {

@@ -18,6 +18,12 @@ use crate::failure_report::{FailureLog, FailureReport, LoggedFailure};
 use crate::http::{self, percent_encode, Request, Response};
 use crate::SwarmError;
 
+/// Most peer ids the tracker keeps, live and gone. A room is tens or hundreds of receivers;
+/// announces with made-up peer ids (or ports) must not grow the table, and the work of every
+/// announce with it, without bound. When it is full a gone peer makes room (one that never
+/// completed first, then the longest silent); with none gone a new peer id is refused.
+pub const MAX_TRACKED_PEERS: usize = 4096;
+
 /// A peer as the tracker knows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrackedPeer {
@@ -230,6 +236,17 @@ impl TrackerServer {
                 }
             }
         } else {
+            if peers.len() >= MAX_TRACKED_PEERS && !peers.contains_key(&pid) {
+                let Some(old) = peers
+                    .iter()
+                    .filter(|(_, p)| p.gone)
+                    .min_by_key(|(_, p)| (p.completed, p.last_seen))
+                    .map(|(id, _)| *id)
+                else {
+                    return failure("tracker full: too many live peers");
+                };
+                peers.remove(&old);
+            }
             let e = peers.entry(pid).or_insert_with(|| TrackedPeer {
                 addr: SocketAddr::new(ip, port),
                 left,
@@ -482,6 +499,41 @@ mod tests {
         assert_eq!(snap.len(), 2);
         assert!(snap.iter().any(|(id, p)| *id == [1u8; 20] && p.gone));
         assert!(snap.iter().any(|(id, p)| *id == [2u8; 20] && !p.gone));
+    }
+
+    #[test]
+    fn made_up_peer_ids_do_not_grow_the_table_without_bound() {
+        let ih = [7u8; 20];
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        let req = |n: u32, port: u16| Request {
+            path: "/announce".into(),
+            query: vec![
+                ("info_hash".into(), ih.to_vec()),
+                ("peer_id".into(), [n.to_be_bytes(); 5].concat()),
+                ("port".into(), port.to_string().into_bytes()),
+                ("left".into(), b"100".to_vec()),
+            ],
+            peer: "127.0.0.2:40000".parse().unwrap(),
+        };
+        let refused = |r: &Response| String::from_utf8_lossy(&r.body).contains("failure");
+        // Same address and port: each replaces the last, which is gone and makes room.
+        let n = MAX_TRACKED_PEERS as u32 + 100;
+        for i in 0..n {
+            assert!(!refused(&t.announce(&req(i, 6881))), "announce {i}");
+        }
+        let snap = t.snapshot();
+        assert_eq!(snap.len(), MAX_TRACKED_PEERS);
+        assert!(snap
+            .iter()
+            .any(|(id, p)| *id == req(n - 1, 0).param("peer_id").unwrap() && !p.gone));
+        // All live (distinct ports): a new peer id is refused, a known one still answered.
+        let t = TrackerServer::new(ih, Duration::from_secs(5));
+        for i in 0..MAX_TRACKED_PEERS as u32 {
+            assert!(!refused(&t.announce(&req(i, 1000 + i as u16))));
+        }
+        assert!(refused(&t.announce(&req(n, 9))));
+        assert!(!refused(&t.announce(&req(0, 1000))));
+        assert_eq!(t.snapshot().len(), MAX_TRACKED_PEERS);
     }
 
     #[test]
