@@ -101,6 +101,23 @@ async fn connect_from(src: IpAddr, to: SocketAddr) -> Option<TcpStream> {
         .ok()
 }
 
+/// Announces to the seeder on `sip` from `src` with the deployment token, so that the
+/// seeder's BitTorrent port admits `src` (strangers are closed at once; these tests are about
+/// insiders that idle).
+async fn announce_from(sip: &str, src: IpAddr, info_hash: [u8; 20]) {
+    let mut id = *b"-XX0000-000000000000";
+    rand::Rng::fill(&mut rand::thread_rng(), &mut id[8..]);
+    let url = format!(
+        "{}&info_hash={}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=1&compact=1",
+        announce_url(sip),
+        blockswarm_swarm::http::percent_encode(&info_hash),
+        blockswarm_swarm::http::percent_encode(&id)
+    );
+    blockswarm_swarm::http::get(&url, Some(src), Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("announce from {src}: {e}"));
+}
+
 /// Opens `n` connections to `to`, round the `sources`, all at once; returns those that
 /// connected.
 async fn open_idle(to: SocketAddr, sources: &[IpAddr], n: usize) -> Vec<TcpStream> {
@@ -264,6 +281,13 @@ fn a_flood_of_idle_sockets_on_both_ports_does_not_stop_a_deployment() {
         format!("{sip}:6880").parse().unwrap(),
         format!("{sip}:6881").parse().unwrap(),
     ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let info_hash = f.m.info_hash().unwrap();
+    rt.block_on(async {
+        for &src in &sources {
+            announce_from(sip, src, info_hash).await;
+        }
+    });
     let t0 = Instant::now();
     let flood = Flood::start(targets, sources, 1100, 200);
     let flood_fds = fd_count(sp);
@@ -313,6 +337,9 @@ fn idle_bittorrent_connections_do_not_lock_out_receivers() {
     let sources: Vec<IpAddr> = (1..=40).map(|h| ip(&format!("127.0.134.{h}"))).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (held, handshaken) = rt.block_on(async {
+        for &src in &sources {
+            announce_from(sip, src, info_hash).await;
+        }
         let mut held = open_idle(bt, &sources, 200).await;
         let mut handshaken = 0;
         for s in held.iter_mut().take(150) {
@@ -376,6 +403,7 @@ fn slow_clients_are_cut_after_the_deadlines() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let eight = rt.block_on(async {
         let me = ip("127.0.135.1");
+        announce_from(sip, me, f.m.info_hash().unwrap()).await;
         let mut partial = connect_from(me, http).await.expect("connect http");
         partial
             .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
@@ -445,6 +473,8 @@ fn seeder_and_receiver_raise_their_open_file_limit() {
             format!("{sip}:6881"),
             "--http".into(),
             format!("{sip}:6880"),
+            "--token".into(),
+            TEST_TOKEN.into(),
         ],
     );
     assert!(wait_until(T, || status_ok(sip)), "seeder not up");

@@ -147,7 +147,7 @@ fn a_room_pxe_boots_deploys_and_boots_its_clones() {
         &room,
         &mpath,
         &d.join("nb"),
-        &["--expect", "3", "--netboot-append", "console=ttyS0"],
+        &["--expect", "4", "--netboot-append", "console=ttyS0"],
     );
 
     // dnsmasq with exactly the printed configuration; pid and lease files kept in `d`.
@@ -279,7 +279,19 @@ fn a_room_pxe_boots_deploys_and_boots_its_clones() {
         .to_string();
     assert!(err.contains("too small"), "{err}");
     assert!(!bad.console.contains(DONE) && !bad.console.contains(&fx.marker));
-    assert_eq!(s.wait(Duration::from_secs(60)), 0, "{}", s.stderr_text());
+    // The failed machine reported itself: the seeder counts 3 complete and 1 failed of the 4
+    // expected, exits 8 and names it.
+    assert_eq!(
+        s.wait(Duration::from_secs(60)),
+        blockswarm_manifest::exit::RECEIVERS_FAILED,
+        "{}",
+        s.stderr_text()
+    );
+    let summary = last_line(&s);
+    assert!(
+        summary.contains("3 complete, 1 failed") && summary.contains("exit 4"),
+        "{summary}"
+    );
 
     let log = dnsmasq_text();
     let tftp = log.contains("undionly.kpxe") && log.contains("dnsmasq-tftp: sent");
