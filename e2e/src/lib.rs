@@ -284,6 +284,35 @@ pub fn seeder_base(ip: &str) -> String {
     format!("http://{ip}:6880/t/{TEST_TOKEN}")
 }
 
+/// An ext4 source for swarm tests, in its own temporary directory `d`: a `fs_mib` MiB
+/// filesystem holding `data_mib` MiB of random files (`files`), imaged with 256 KiB pieces
+/// (manifest at `mpath`, decoded as `m`).
+pub struct Ext4Fixture {
+    pub dir: tempfile::TempDir,
+    pub d: PathBuf,
+    pub img: PathBuf,
+    pub files: Vec<String>,
+    pub mpath: PathBuf,
+    pub m: Manifest,
+}
+
+/// Makes an [`Ext4Fixture`] (`seed` chooses the files' bytes).
+pub fn ext4_fixture(seed: u64, fs_mib: u64, data_mib: u64) -> Ext4Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (img, files) = make_ext4(&d, "src", fs_mib, 4096, data_mib, seed);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    Ext4Fixture {
+        dir,
+        d,
+        img,
+        files,
+        mpath,
+        m,
+    }
+}
+
 /// The seeder's manifest URL for `name`.
 pub fn manifest_url(ip: &str, m: &Manifest) -> String {
     format!("{}/{}.torrent", seeder_base(ip), m.name)

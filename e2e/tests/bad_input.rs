@@ -10,29 +10,10 @@ use blockswarm_manifest::exit;
 
 const T: Duration = Duration::from_secs(120);
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    d: std::path::PathBuf,
-    img: std::path::PathBuf,
-    files: Vec<String>,
-    mpath: std::path::PathBuf,
-    m: blockswarm_manifest::Manifest,
-}
+type Fixture = Ext4Fixture;
 
 fn fixture(seed: u64, data_mib: u64) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let (img, files) = make_ext4(&d, "src", 64, 4096, data_mib, seed);
-    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
-    let m = read_manifest(&mpath);
-    Fixture {
-        _dir: dir,
-        d,
-        img,
-        files,
-        mpath,
-        m,
-    }
+    ext4_fixture(seed, 64, data_mib)
 }
 
 /// Runs a receiver that must fail; checks code, one-line error, untouched target.

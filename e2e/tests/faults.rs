@@ -1,7 +1,6 @@
 //! Faults: a seeder that dies for good or restarts. Nothing hangs: receivers finish, or
 //! exit 7 with the missing pieces named within `--stall-timeout`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use blockswarm_e2e::*;
@@ -18,29 +17,10 @@ const STALL_T: Duration = Duration::from_secs(5);
 /// seeder went (each traded piece restarts the clock).
 const EXIT_SLACK: Duration = Duration::from_secs(15);
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    d: PathBuf,
-    img: PathBuf,
-    files: Vec<String>,
-    mpath: PathBuf,
-    m: Manifest,
-}
+type Fixture = Ext4Fixture;
 
 fn fixture(seed: u64, data_mib: u64) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let (img, files) = make_ext4(&d, "src", 64, 4096, data_mib, seed);
-    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
-    let m = read_manifest(&mpath);
-    Fixture {
-        _dir: dir,
-        d,
-        img,
-        files,
-        mpath,
-        m,
-    }
+    ext4_fixture(seed, 64, data_mib)
 }
 
 fn status(ip: &str) -> Option<serde_json::Value> {

@@ -6,13 +6,12 @@
 //! 127.0.132.x / 127.0.134.x, single clients 127.0.135.x.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockswarm_e2e::*;
-use blockswarm_manifest::Manifest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -22,27 +21,10 @@ const T: Duration = Duration::from_secs(60);
 /// holds besides (files, listeners, runtime, logging): the most fds it may have open.
 const FD_BOUND: usize = 128 + 512 + 64;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    d: PathBuf,
-    img: PathBuf,
-    mpath: PathBuf,
-    m: Manifest,
-}
+type Fixture = Ext4Fixture;
 
 fn fixture(seed: u64) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let (img, _) = make_ext4(&d, "src", 48, 4096, 8, seed);
-    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
-    let m = read_manifest(&mpath);
-    Fixture {
-        _dir: dir,
-        d,
-        img,
-        mpath,
-        m,
-    }
+    ext4_fixture(seed, 48, 8)
 }
 
 fn status_ok(ip: &str) -> bool {

@@ -25,29 +25,10 @@ use blockswarm_manifest::{exit, Manifest};
 const T: Duration = Duration::from_secs(90);
 const LIMIT: &str = "2M";
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    d: PathBuf,
-    img: PathBuf,
-    files: Vec<String>,
-    mpath: PathBuf,
-    m: Manifest,
-}
+type Fixture = Ext4Fixture;
 
 fn fixture(seed: u64) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let (img, files) = make_ext4(&d, "src", 64, 4096, 16, seed);
-    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
-    let m = read_manifest(&mpath);
-    Fixture {
-        _dir: dir,
-        d,
-        img,
-        files,
-        mpath,
-        m,
-    }
+    ext4_fixture(seed, 64, 16)
 }
 
 fn ip(net: u8, h: u8) -> String {
