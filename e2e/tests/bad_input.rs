@@ -16,6 +16,30 @@ fn fixture(seed: u64, data_mib: u64) -> Fixture {
     ext4_fixture(seed, 64, data_mib)
 }
 
+/// The same deployment without an attacker, for the "time vs the healthy run" figure: a
+/// seeder (`--expect 3` and `seeder_extra`) on 127.0.`net`.1 and 3 receivers; seconds until
+/// all exited 0.
+fn healthy_secs(f: &Fixture, net: u8, seeder_extra: &[&str]) -> f64 {
+    let sip = format!("127.0.{net}.1");
+    let mut args = vec!["--expect", "3"];
+    args.extend_from_slice(seeder_extra);
+    let mut s = seeder(&sip, &f.mpath, &args, &f.d, &format!("seeder-healthy{net}"));
+    let t0 = Instant::now();
+    let mut rs = start_receivers(
+        net,
+        2..=4,
+        &manifest_url(&sip, &f.m),
+        &f.m,
+        &[],
+        &f.d,
+        net as u64,
+    );
+    wait_all_ok(&mut rs, T);
+    let t = t0.elapsed().as_secs_f64();
+    assert_eq!(s.wait(T), 0, "{}", s.stderr_text());
+    t
+}
+
 /// Runs a receiver that must fail; checks code, one-line error, untouched target.
 fn expect_refusal(args: &[&str], target: &Path, want: i32, what: &str) -> String {
     let before = if target.exists() {
@@ -547,6 +571,7 @@ fn a_peer_sending_blocks_nobody_asked_for_is_banned_and_stalls_nobody() {
     // Taken in, each such block spoils a piece in progress with two senders, so nobody was
     // blamed and the receivers stalled. Now such blocks are dropped and the peer banned.
     let f = fixture(39, 8);
+    let healthy = healthy_secs(&f, 42, &["--upload-limit", "2M"]);
     let net = 39;
     let ip = |h: u8| format!("127.0.{net}.{h}");
     let evil_addr: std::net::SocketAddr = format!("{}:6881", ip(9)).parse().unwrap();
@@ -577,10 +602,13 @@ fn a_peer_sending_blocks_nobody_asked_for_is_banned_and_stalls_nobody() {
         39,
     );
     wait_all_ok(&mut rs, T);
+    // As in `healthy_secs`: until every receiver exited 0 (the seeder lingers after that).
+    let took = start.elapsed().as_secs_f64();
     assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
     eprintln!(
-        "deploy beside the unsolicited-block sender took {:?}",
-        start.elapsed()
+        "deploy beside the unsolicited-block sender took {took:.1} s vs {healthy:.1} s healthy \
+         ({:.2}x)",
+        took / healthy
     );
     let conns = evil.connections.load(std::sync::atomic::Ordering::Relaxed);
     let sent = evil.blocks_sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -630,6 +658,7 @@ const FLOOD_RSS_SLACK: u64 = 64 << 20;
 #[test]
 fn a_request_flood_that_never_reads_does_not_exhaust_the_seeder() {
     let f = fixture(40, 8);
+    let healthy = healthy_secs(&f, 43, &[]);
     let net = 40;
     let ip = |h: u8| format!("127.0.{net}.{h}");
     let mut seeder = seeder(&ip(1), &f.mpath, &["--expect", "3"], &f.d, "seeder");
@@ -673,12 +702,19 @@ fn a_request_flood_that_never_reads_does_not_exhaust_the_seeder() {
         .requests_sent
         .load(std::sync::atomic::Ordering::Relaxed);
     let conns = evil.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let took = started.elapsed().as_secs_f64();
     eprintln!(
         "flood: {sent} requests over {conns} connections; seeder VmRSS {} -> max {} KiB; \
-         receivers done in {:?}",
+         receivers done in {took:.1} s vs {healthy:.1} s healthy ({:.2}x)",
         start_rss / 1024,
         max_rss / 1024,
-        started.elapsed()
+        took / healthy
+    );
+    // Requests on and on without reading the refusals: banned (it cannot redial and go on).
+    let log = seeder.stderr_text();
+    assert!(
+        log.contains("banning peer that requests without reading our refusals"),
+        "the flooder was not banned:\n{log}"
     );
     assert!(
         max_rss < start_rss + FLOOD_RSS_SLACK,

@@ -441,7 +441,8 @@ impl App {
                 if verified(&r.peer_id, addr.ip()) {
                     done.insert(r.peer_id);
                 }
-            } else if !r.gone {
+            } else if !r.gone && !self.swarm.is_banned(addr.ip()) {
+                // A peer we banned gets nothing more from us: not waited for.
                 pending.insert(r.peer_id);
             }
         }

@@ -271,14 +271,16 @@ impl PeerState {
         self.rationing.is_some_and(|t| t.elapsed() < REJECT_WINDOW)
     }
 
-    /// Queues a message for the writer; a peer that leaves too many unread is disconnected.
-    fn send(&self, m: Msg) {
+    /// Queues a message for the writer; a peer that leaves too many unread is disconnected
+    /// (false).
+    fn send(&self, m: Msg) -> bool {
         if !self.backlog.queue_msg(&m) {
             warn!(peer = %self.addr, "disconnecting a peer that does not read what we send");
             self.kill.notify_one();
-            return;
+            return false;
         }
         let _ = self.tx.send(Out::Msg(m));
+        true
     }
 
     /// We stop waiting for a requested block (its late answer is dropped without blame).
@@ -938,17 +940,23 @@ impl Swarm {
                 } else {
                     None
                 };
+                let mut flooding = false;
                 if let Some(p) = st.peers.get(&key) {
                     // Past `MAX_QUEUED_REQUESTS` a request is refused like any other.
                     if ok && !refuse && p.backlog.try_queue_request() {
                         let _ = p.tx.send(Out::Serve(r));
                     } else if p.fast {
-                        p.send(Msg::Reject(r));
+                        flooding = !p.send(Msg::Reject(r));
                         st.rejects_sent += 1;
                         if let Some(j) = suggest {
                             p.send(Msg::Suggest(j));
                         }
                     }
+                }
+                // It went on requesting while not reading our refusals (some 60,000 of them
+                // unread): a flood, not a slow peer. Banned, so it cannot redial and go on.
+                if flooding {
+                    self.ban(st, key, "requests without reading our refusals");
                 }
             }
             Msg::Cancel(r) => {
@@ -1676,6 +1684,11 @@ impl Swarm {
         let mut v: Vec<SocketAddr> = self.lock().known.keys().copied().collect();
         v.sort();
         v
+    }
+
+    /// True if this node banned the peers at `ip` (a seeder does not wait for them).
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.lock().banned.contains(&ip)
     }
 
     pub fn is_complete(&self) -> bool {
