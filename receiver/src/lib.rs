@@ -245,18 +245,22 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let (reach_tx, reach_rx) = tokio::sync::watch::channel(Instant::now());
     let reached_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every piece on the target, flushed (and with --verify read back): only then does the
+    // tracker hear `completed` / `left=0` (a failing final flush must not count as done).
+    let durable = Arc::new(std::sync::atomic::AtomicBool::new(false));
     swarm.add_peers(s.peers.iter().copied());
     if let Some(url) = announce_url.clone() {
         let sw = swarm.clone();
         let gate = gate.clone();
         let total = m.total_length();
         let reached_once = reached_once.clone();
+        let durable = durable.clone();
         tokio::spawn(async move {
             let mut event = Some("started");
             let mut sent_completed = false;
             loop {
                 let st = sw.stats();
-                let complete = st.pieces_have == st.pieces_total;
+                let complete = durable.load(std::sync::atomic::Ordering::Acquire);
                 if complete && !sent_completed {
                     event = Some("completed");
                 }
@@ -268,7 +272,12 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                     ip: bind_ip,
                     uploaded: st.uploaded,
                     downloaded: st.downloaded,
-                    left: total - st.bytes_have,
+                    // Not 0 before the final flush, even with every piece in.
+                    left: if complete {
+                        0
+                    } else {
+                        (total - st.bytes_have).max(1)
+                    },
                     event,
                     failure: None,
                 };
@@ -301,7 +310,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                 let wait_until = Instant::now() + wait;
                 let earliest = Instant::now() + Duration::from_secs(1);
                 while Instant::now() < wait_until {
-                    if sw.is_complete() && !sent_completed {
+                    if durable.load(std::sync::atomic::Ordering::Acquire) && !sent_completed {
                         break;
                     }
                     if Instant::now() >= earliest && gate.take_asked() {
@@ -418,6 +427,8 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
             m.num_pieces()
         );
     }
+
+    durable.store(true, std::sync::atomic::Ordering::Release);
 
     // Seed until the seeder says the swarm is done, the seed time runs out, or the seeder is
     // gone for 30 s.
