@@ -248,6 +248,8 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     // Every piece on the target, flushed (and with --verify read back): only then does the
     // tracker hear `completed` / `left=0` (a failing final flush must not count as done).
     let durable = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The tracker has taken our `completed` (we leave only after, or 2 s after durable).
+    let told_complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
     swarm.add_peers(s.peers.iter().copied());
     if let Some(url) = announce_url.clone() {
         let sw = swarm.clone();
@@ -255,6 +257,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         let total = m.total_length();
         let reached_once = reached_once.clone();
         let durable = durable.clone();
+        let told_complete = told_complete.clone();
         tokio::spawn(async move {
             let mut event = Some("started");
             let mut sent_completed = false;
@@ -287,6 +290,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                         let _ = reach_tx.send(Instant::now());
                         if event == Some("completed") {
                             sent_completed = true;
+                            told_complete.store(true, std::sync::atomic::Ordering::Release);
                         }
                         event = None;
                         gate.permit(r.peers.iter().map(|p| p.ip()));
@@ -429,13 +433,20 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     }
 
     durable.store(true, std::sync::atomic::Ordering::Release);
+    let durable_at = Instant::now();
 
     // Seed until the seeder says the swarm is done, the seed time runs out, or the seeder is
     // gone for 30 s.
     let seed_start = Instant::now();
     let mut seed_error = None;
     loop {
-        if *done_rx.borrow() {
+        // Done: leave once the tracker has our `completed` (so the seeder counts us), or
+        // after 2 s of trying.
+        if *done_rx.borrow()
+            && (announce_url.is_none()
+                || told_complete.load(std::sync::atomic::Ordering::Acquire)
+                || durable_at.elapsed() > Duration::from_secs(2))
+        {
             break;
         }
         if seed_start.elapsed() >= s.seed_after {
