@@ -8,13 +8,13 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::run_ok;
+use crate::{is_root, run_ok};
 
 /// The emulator the boot tests run (Debian's qemu-system-x86, with seabios).
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -59,12 +59,6 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
 /// True when missing tools must fail the test instead of skipping it (CI).
 pub fn tools_required() -> bool {
     std::env::var("BLOCKSWARM_REQUIRE_FS_TOOLS").is_ok_and(|v| v == "1")
-}
-
-/// True when this process runs as root (the fixture loop-mounts its ext4 for extlinux).
-/// `/proc/self` belongs to the process's effective user.
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// Returns true when QEMU, the fixture's tools and files are there and we are root.

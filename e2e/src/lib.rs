@@ -427,6 +427,13 @@ pub fn wait_all_ok(rs: &mut [(PathBuf, Proc)], timeout: Duration) {
     }
 }
 
+/// True when this process runs as root (loop devices, mounts). `/proc/self` belongs to the
+/// process's effective user.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// The `/status` JSON of the seeder on `ip` (HTTP port 6880), if it answers.
 pub fn status_of(ip: &str) -> Option<serde_json::Value> {
     let b = http_get(&status_url(ip))?;

@@ -23,10 +23,6 @@ fn fixture(seed: u64, data_mib: u64) -> Fixture {
     ext4_fixture(seed, 64, data_mib)
 }
 
-fn status(ip: &str) -> Option<serde_json::Value> {
-    status_of(ip)
-}
-
 fn wait_up(ip: &str) {
     wait_seeder_up(ip, T)
 }
@@ -35,7 +31,7 @@ fn wait_up(ip: &str) {
 /// pieces' worth of blocks.
 fn wait_receivers_and_upload(ip: &str, n: usize, m: &Manifest, pieces: u64) {
     assert!(
-        wait_until(T, || status(ip)
+        wait_until(T, || status_of(ip)
             .and_then(|s| s["receivers"].as_array().map(|r| r.len()))
             .is_some_and(|k| k >= n)),
         "{n} receivers never announced to the seeder on {ip}"
@@ -47,7 +43,7 @@ fn wait_receivers_and_upload(ip: &str, n: usize, m: &Manifest, pieces: u64) {
 fn wait_uploaded(ip: &str, m: &Manifest, pieces: u64) {
     let want = pieces * m.piece_length as u64;
     assert!(
-        wait_until(T, || status(ip)
+        wait_until(T, || status_of(ip)
             .and_then(|s| s["uploaded"].as_u64())
             .is_some_and(|u| u >= want)),
         "the seeder on {ip} never sent {pieces} pieces"

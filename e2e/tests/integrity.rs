@@ -60,25 +60,8 @@ fn pieces_ok(target: &Path, m: &Manifest) -> Vec<bool> {
         .collect()
 }
 
-/// The seeder's `/status` JSON, if it answers.
-fn status(ip: &str) -> Option<serde_json::Value> {
-    let b = http_get(&status_url(ip))?;
-    serde_json::from_slice(&b).ok()
-}
-
 fn wait_up(ip: &str) {
-    assert!(
-        wait_until(T, || status(ip).is_some()),
-        "seeder on {ip} not up"
-    );
-}
-
-fn last_line(p: &Proc) -> String {
-    p.stderr_text()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
+    wait_seeder_up(ip, T)
 }
 
 /// From a receiver's give-up line: how many pieces it says are missing.
@@ -349,7 +332,7 @@ fn eio_seeder(f: &Fixture, ip: &str, k: u32, extra: &[&str]) -> Option<(EioMount
 }
 
 fn unreadable(ip: &str) -> Option<Vec<u64>> {
-    status(ip).and_then(|s| {
+    status_of(ip).and_then(|s| {
         s["unreadable_pieces"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
@@ -383,7 +366,7 @@ fn an_unreadable_source_block_is_refused_and_the_rest_is_served() {
     assert!(
         wait_until(T, || unreadable(&ip(1)) == Some(vec![k as u64])),
         "seeder never listed piece {k} as unreadable: {:?}\n{}",
-        status(&ip(1)),
+        status_of(&ip(1)),
         seeder.stderr_text()
     );
     for (t, r) in rs.iter_mut() {
@@ -420,7 +403,7 @@ fn an_unreadable_source_block_is_refused_and_the_rest_is_served() {
         "seeder exited:\n{}",
         seeder.stderr_text()
     );
-    let st = status(&ip(1)).expect("seeder answers");
+    let st = status_of(&ip(1)).expect("seeder answers");
     assert_eq!(st["unreadable_pieces"], serde_json::json!([k]));
     eprintln!(
         "seeder: uploaded {} bytes, {} pieces verified",
@@ -484,7 +467,7 @@ fn an_unreadable_piece_comes_from_a_healthy_second_seeder() {
     for (t, _) in &rs {
         assert_same_ext4(&f.img, t, &f.m, &f.files);
     }
-    let st = status(&ip(9)).expect("second seeder answers");
+    let st = status_of(&ip(9)).expect("second seeder answers");
     assert!(st["uploaded"].as_u64().unwrap() > 0, "{st}");
     assert_eq!(st["unreadable_pieces"], serde_json::json!([]));
     // The first seeder saw both receivers complete (through its tracker and their
@@ -562,7 +545,7 @@ fn bench_first_serve_hashing_cost() {
         let took = started.elapsed();
         let _ = code;
         wait_all_ok(&mut rs, T);
-        let st = status(&ip(1)).unwrap();
+        let st = status_of(&ip(1)).unwrap();
         eprintln!(
             "run {run}: check {check}: 3 receivers done in {:.2} s; seeder CPU {:.2} s; \
              uploaded {:.2} copies; pieces verified {}",

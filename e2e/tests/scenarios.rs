@@ -165,15 +165,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap_or(false)
-}
-
 /// Root and losetup/mount, or SKIP (a failure under `BLOCKSWARM_REQUIRE_FS_TOOLS=1`).
 fn need_loop_devices(test: &str) -> bool {
     let ok = is_root()

@@ -13,6 +13,7 @@ mod fixture;
 pub use check::*;
 pub use fixture::*;
 
+use crate::is_root;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -95,16 +96,6 @@ pub fn need_tools(test: &str, extra: &[&str]) -> bool {
     }
     println!("SKIP {test}: missing: {missing:?} (scripts/install-deps.sh installs them)");
     false
-}
-
-fn is_root() -> bool {
-    // /proc/self/status: "Uid:\treal\teffective\t..."
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap_or(false)
 }
 
 /// A command for `name`, found on `PATH` or in the sbin directories, stdin closed.
