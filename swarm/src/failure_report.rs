@@ -121,11 +121,11 @@ mod tests {
     use crate::http::percent_decode;
 
     fn req(q: &[(&str, &[u8])]) -> Request {
-        Request {
-            path: "/announce".into(),
-            query: q.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
-            peer: "127.0.0.2:1".parse().unwrap(),
-        }
+        Request::get(
+            "/announce",
+            q.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+            "127.0.0.2:1".parse().unwrap(),
+        )
     }
 
     #[test]
@@ -146,11 +146,7 @@ mod tests {
             let (k, v) = kv.split_once('=').unwrap();
             pairs.push((k.to_string(), percent_decode(v)));
         }
-        let rq = Request {
-            path: "/announce".into(),
-            query: pairs,
-            peer: "127.0.0.2:1".parse().unwrap(),
-        };
+        let rq = Request::get("/announce", pairs, "127.0.0.2:1".parse().unwrap());
         assert_eq!(FailureReport::from_request(&rq), Some(r));
     }
 

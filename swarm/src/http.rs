@@ -140,12 +140,31 @@ pub async fn get(
     timeout: Duration,
 ) -> Result<Vec<u8>, SwarmError> {
     let u = Url::parse(url)?;
-    tokio::time::timeout(timeout, get_inner(&u, bind_ip))
+    tokio::time::timeout(timeout, request(&u, None, bind_ip))
         .await
         .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
 }
 
-async fn get_inner(u: &Url, bind_ip: Option<IpAddr>) -> Result<Vec<u8>, SwarmError> {
+/// `POST url` with `body` (`content_type`); returns the body of a 200 response.
+pub async fn post(
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    bind_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<Vec<u8>, SwarmError> {
+    let u = Url::parse(url)?;
+    tokio::time::timeout(timeout, request(&u, Some((content_type, body)), bind_ip))
+        .await
+        .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
+}
+
+/// GET, or POST with `body` = (content type, bytes).
+async fn request(
+    u: &Url,
+    body: Option<(&str, &[u8])>,
+    bind_ip: Option<IpAddr>,
+) -> Result<Vec<u8>, SwarmError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((u.host.as_str(), u.port))
         .await
         .map_err(|e| SwarmError::Http(format!("cannot resolve {}: {e}", u.host)))?
@@ -179,14 +198,24 @@ async fn get_inner(u: &Url, bind_ip: Option<IpAddr>) -> Result<Vec<u8>, SwarmErr
             last_err.map_or("no address".into(), |e| e.to_string())
         ))
     })?;
+    let (method, extra) = match body {
+        Some((ct, b)) => (
+            "POST",
+            format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()),
+        ),
+        None => ("GET", String::new()),
+    };
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: blockswarm/{}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: blockswarm/{}\r\nAccept-Encoding: identity\r\n{extra}Connection: close\r\n\r\n",
         u.target,
         u.host,
         u.port,
         env!("CARGO_PKG_VERSION")
     );
     stream.write_all(req.as_bytes()).await?;
+    if let Some((_, b)) = body {
+        stream.write_all(b).await?;
+    }
     let mut buf = Vec::new();
     let mut limited = (&mut stream).take((MAX_BODY + MAX_HEAD) as u64);
     limited.read_to_end(&mut buf).await?;
@@ -238,16 +267,41 @@ pub fn parse_response(mut buf: Vec<u8>, url: &str) -> Result<Vec<u8>, SwarmError
     Ok(body)
 }
 
-/// An incoming GET request.
+/// Largest request body the server reads (a receiver's progress report is well under 4 KiB).
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// The request methods the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+}
+
+/// An incoming request.
 #[derive(Debug, Clone)]
 pub struct Request {
+    pub method: Method,
     pub path: String,
     /// Decoded query parameters, in order.
     pub query: Vec<(String, Vec<u8>)>,
     pub peer: SocketAddr,
+    /// The body (POST only; at most [`MAX_REQUEST_BODY`] bytes).
+    pub body: Vec<u8>,
 }
 
 impl Request {
+    /// A GET request for `path` with `query` from `peer` (no body).
+    pub fn get(path: &str, query: Vec<(String, Vec<u8>)>, peer: SocketAddr) -> Request {
+        Request {
+            method: Method::Get,
+            path: path.to_string(),
+            query,
+            peer,
+            body: Vec::new(),
+        }
+    }
+
     /// First value of query parameter `k`.
     pub fn param(&self, k: &str) -> Option<&[u8]> {
         self.query
@@ -297,15 +351,18 @@ impl Response {
 }
 
 /// Parses a request head (request line and headers, as received): `None` unless it is a
-/// GET or HEAD request line with a target.
+/// GET, HEAD or POST request line with a target. A POST's body is read by the caller
+/// (see [`content_length`]).
 pub fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
     let line = head.lines().next()?;
     let mut parts = line.split_whitespace();
-    let method = parts.next()?;
+    let method = match parts.next()? {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        _ => return None,
+    };
     let target = parts.next()?;
-    if method != "GET" && method != "HEAD" {
-        return None;
-    }
     let (path, q) = target.split_once('?').unwrap_or((target, ""));
     let query = q
         .split('&')
@@ -319,10 +376,31 @@ pub fn parse_request(head: &str, peer: SocketAddr) -> Option<Request> {
         })
         .collect();
     Some(Request {
+        method,
         path: String::from_utf8_lossy(&percent_decode(path)).into_owned(),
         query,
         peer,
+        body: Vec::new(),
     })
+}
+
+/// The `Content-Length` of a request head: `Some(0)` when absent, `None` when malformed or
+/// given twice with different values.
+pub fn content_length(head: &str) -> Option<usize> {
+    let mut len = None;
+    for line in head.lines().skip(1) {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("content-length") {
+            let v: usize = v.trim().parse().ok()?;
+            if len.is_some_and(|l| l != v) {
+                return None;
+            }
+            len = Some(v);
+        }
+    }
+    Some(len.unwrap_or(0))
 }
 
 /// Reads a request head (at most [`MAX_HEAD`] bytes); `None` if the client closed or sent
@@ -371,19 +449,36 @@ where
     };
     slot.opened();
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let bad = |status: u16, why: &str| Response {
+        status,
+        content_type: "text/plain",
+        body: format!("{why}\n").into_bytes(),
+    };
     let resp = match parse_request(&head, peer) {
-        Some(req) => handler(req).await,
-        None => Response {
-            status: 400,
-            content_type: "text/plain",
-            body: b"bad request\n".to_vec(),
+        Some(mut req) if req.method == Method::Post => match content_length(&head) {
+            Some(n) if n <= MAX_REQUEST_BODY => {
+                // What came in with the head, then the rest (the connection's own timeout
+                // bounds the wait).
+                let mut body = buf[head_end..].to_vec();
+                body.truncate(n);
+                let mut rest = vec![0u8; n - body.len()];
+                s.read_exact(&mut rest).await?;
+                body.extend_from_slice(&rest);
+                req.body = body;
+                handler(req).await
+            }
+            Some(_) => bad(413, "request body too large"),
+            None => bad(400, "bad content-length"),
         },
+        Some(req) => handler(req).await,
+        None => bad(400, "bad request"),
     };
     let reason = match resp.status {
         200 => "OK",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
+        413 => "Payload Too Large",
         _ => "Error",
     };
     let head = format!(
@@ -492,7 +587,9 @@ mod tests {
         tokio::spawn(serve(
             l,
             Arc::new(|r: Request| async move {
-                if r.path == "/hello" {
+                if r.method == Method::Post {
+                    Response::ok("text/plain", r.body)
+                } else if r.path == "/hello" {
                     Response::ok(
                         "text/plain",
                         format!("hi {:?}", r.param_str("who")).into_bytes(),
@@ -510,6 +607,16 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(body, b"hi Some(\"a b\")");
+        let echo = post(
+            &format!("http://{addr}/echo"),
+            "application/json",
+            b"{\"a\":1}",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(echo, b"{\"a\":1}");
         assert!(
             get(&format!("http://{addr}/nope"), None, Duration::from_secs(5))
                 .await

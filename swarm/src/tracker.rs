@@ -459,15 +459,17 @@ mod tests {
     fn knows_live_announcers_only() {
         let ih = [7u8; 20];
         let t = TrackerServer::new(ih, Duration::from_secs(5));
-        let req = |peer: &str, event: &[u8]| Request {
-            path: "/announce".into(),
-            query: vec![
-                ("event".into(), event.to_vec()),
-                ("info_hash".into(), ih.to_vec()),
-                ("peer_id".into(), vec![4u8; 20]),
-                ("port".into(), b"6881".to_vec()),
-            ],
-            peer: peer.parse().unwrap(),
+        let req = |peer: &str, event: &[u8]| {
+            Request::get(
+                "/announce",
+                vec![
+                    ("event".into(), event.to_vec()),
+                    ("info_hash".into(), ih.to_vec()),
+                    ("peer_id".into(), vec![4u8; 20]),
+                    ("port".into(), b"6881".to_vec()),
+                ],
+                peer.parse().unwrap(),
+            )
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(!t.knows(ip("127.0.0.2")));
@@ -483,15 +485,17 @@ mod tests {
     fn a_node_restarted_at_the_same_address_replaces_its_old_entry() {
         let ih = [7u8; 20];
         let t = TrackerServer::new(ih, Duration::from_secs(5));
-        let req = |pid: u8| Request {
-            path: "/announce".into(),
-            query: vec![
-                ("info_hash".into(), ih.to_vec()),
-                ("peer_id".into(), vec![pid; 20]),
-                ("port".into(), b"6881".to_vec()),
-                ("left".into(), b"100".to_vec()),
-            ],
-            peer: "127.0.0.2:40000".parse().unwrap(),
+        let req = |pid: u8| {
+            Request::get(
+                "/announce",
+                vec![
+                    ("info_hash".into(), ih.to_vec()),
+                    ("peer_id".into(), vec![pid; 20]),
+                    ("port".into(), b"6881".to_vec()),
+                    ("left".into(), b"100".to_vec()),
+                ],
+                "127.0.0.2:40000".parse().unwrap(),
+            )
         };
         t.announce(&req(1));
         t.announce(&req(2));
@@ -505,15 +509,17 @@ mod tests {
     fn made_up_peer_ids_do_not_grow_the_table_without_bound() {
         let ih = [7u8; 20];
         let t = TrackerServer::new(ih, Duration::from_secs(5));
-        let req = |n: u32, port: u16| Request {
-            path: "/announce".into(),
-            query: vec![
-                ("info_hash".into(), ih.to_vec()),
-                ("peer_id".into(), [n.to_be_bytes(); 5].concat()),
-                ("port".into(), port.to_string().into_bytes()),
-                ("left".into(), b"100".to_vec()),
-            ],
-            peer: "127.0.0.2:40000".parse().unwrap(),
+        let req = |n: u32, port: u16| {
+            Request::get(
+                "/announce",
+                vec![
+                    ("info_hash".into(), ih.to_vec()),
+                    ("peer_id".into(), [n.to_be_bytes(); 5].concat()),
+                    ("port".into(), port.to_string().into_bytes()),
+                    ("left".into(), b"100".to_vec()),
+                ],
+                "127.0.0.2:40000".parse().unwrap(),
+            )
         };
         let refused = |r: &Response| String::from_utf8_lossy(&r.body).contains("failure");
         // Same address and port: each replaces the last, which is gone and makes room.
@@ -552,11 +558,7 @@ mod tests {
                 ("port".into(), b"6881".to_vec()),
                 ("left".into(), b"100".to_vec()),
             ]);
-            Request {
-                path: "/announce".into(),
-                query,
-                peer: peer.parse().unwrap(),
-            }
+            Request::get("/announce", query, peer.parse().unwrap())
         };
         t.announce(&req("127.0.0.2:40000", &[("ip", b"10.1.2.3")]));
         let addr = |t: &TrackerServer| t.snapshot()[0].1.clone();
@@ -586,11 +588,7 @@ mod tests {
                 ("port".into(), b"6881".to_vec()),
                 ("left".into(), b"100".to_vec()),
             ]);
-            Request {
-                path: "/announce".into(),
-                query,
-                peer: peer.parse().unwrap(),
-            }
+            Request::get("/announce", query, peer.parse().unwrap())
         };
         let fail: &[(&str, &[u8])] = &[
             ("event", b"stopped"),

@@ -1,0 +1,155 @@
+//! The seeder's command line (clap derive, each flag with its environment variable).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::{access, netboot};
+
+/// Parses sizes like `16M`, `100k`, `1G` (bytes, powers of 1024) or a plain number.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (examples: 12M, 500k, 1G)"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("size must be positive: {s:?}"));
+    }
+    let bytes = v * mult as f64;
+    // `0.5` is half a byte, not half a MiB: a size that rounds down to nothing is refused
+    // (a zero rate would panic the token bucket), as is one beyond u64.
+    if bytes < 1.0 {
+        return Err(format!(
+            "size {s:?} is less than one byte (plain numbers are bytes: did you mean {s}M?)"
+        ));
+    }
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("size out of range: {s:?}"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Longest tracker announce interval a seeder hands out (`--announce-interval`): receivers
+/// learn that the swarm is done within two intervals, so an hour is already far too long.
+pub const MAX_ANNOUNCE_INTERVAL_S: u64 = 3600;
+
+/// Serves a blockswarm deployment: `imager /dev/sda1 | seeder --expect 30`.
+#[derive(Debug, Parser)]
+#[command(name = "seeder", version, about, long_about = None)]
+pub struct Cli {
+    /// Manifest file written by imager; `-` or absent: read it from stdin.
+    #[arg(env = "SEEDER_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+
+    /// Serve from this device or image instead of the source path recorded in the manifest.
+    #[arg(long, env = "SEEDER_SOURCE", conflicts_with = "image")]
+    pub source: Option<PathBuf>,
+
+    /// Image mode: serve the packed file from a directory written by `imager --save DIR`
+    /// (the manifest defaults to DIR/<name>.torrent, the only .torrent there).
+    #[arg(long, env = "SEEDER_IMAGE", value_name = "DIR")]
+    pub image: Option<PathBuf>,
+
+    /// BitTorrent listen address.
+    #[arg(long, env = "SEEDER_LISTEN", default_value = "0.0.0.0:6881")]
+    pub listen: SocketAddr,
+
+    /// HTTP listen address (manifest, tracker, status).
+    #[arg(long, env = "SEEDER_HTTP", default_value = "0.0.0.0:6880")]
+    pub http: SocketAddr,
+
+    /// Address receivers should use to reach this machine (default: the --http address if
+    /// it is not 0.0.0.0, else the address of the interface with the default route).
+    #[arg(long, env = "SEEDER_ADVERTISE")]
+    pub advertise: Option<IpAddr>,
+
+    /// Use this external tracker (e.g. opentracker) instead of the embedded one.
+    #[arg(long, env = "SEEDER_TRACKER")]
+    pub tracker: Option<String>,
+
+    /// Exit 0 once N receivers have completed and no known receiver still needs data.
+    #[arg(long, env = "SEEDER_EXPECT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub expect: Option<u64>,
+
+    /// Cap upload at this many bytes per second (e.g. 12M).
+    #[arg(long, env = "SEEDER_UPLOAD_LIMIT", value_parser = parse_size)]
+    pub upload_limit: Option<u64>,
+
+    /// Tracker announce interval in seconds given to receivers.
+    #[arg(long, env = "SEEDER_ANNOUNCE_INTERVAL", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_ANNOUNCE_INTERVAL_S))]
+    pub announce_interval: u64,
+
+    /// No progress bar.
+    #[arg(short, long, env = "SEEDER_QUIET")]
+    pub quiet: bool,
+
+    /// More logs (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(flatten)]
+    pub netboot: netboot::NetbootArgs,
+
+    /// For measurements only, hidden: serve without SHA-1-checking each piece the first time
+    /// it is served (a changed or wrong source then goes out unnoticed by the seeder).
+    #[arg(long, hide = true, env = "SEEDER_UNSAFE_NO_SERVE_CHECK")]
+    pub unsafe_no_serve_check: bool,
+    #[command(flatten)]
+    pub access: access::AccessArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockswarm_manifest::exit;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("fast").is_err());
+        // Half a byte per second used to parse to 0 and panic a writer task.
+        assert!(parse_size("0.5").is_err());
+        assert_eq!(parse_size("0.5M").unwrap(), 512 << 10);
+        assert!(parse_size("nan").is_err());
+        assert!(parse_size("inf").is_err());
+        assert!(parse_size("1e30G").is_err());
+    }
+
+    #[test]
+    fn numeric_flags_refuse_nonsense_with_a_usage_error() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["seeder"], args].concat());
+        for bad in [
+            &["--upload-limit", "0.5"][..],
+            &["--upload-limit", "0"],
+            &["--expect", "0"],
+            &["--expect", "-1"],
+            &["--announce-interval", "0"],
+            &["--announce-interval", "100000"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}");
+        }
+        let ok = parse(&["--upload-limit", "0.5M", "--expect", "2"]).unwrap();
+        assert_eq!(ok.upload_limit, Some(512 << 10));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
