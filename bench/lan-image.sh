@@ -18,7 +18,7 @@ IMAGE_CACHE=/var/cache/blockswarm-bench
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=http://deb.debian.org/debian
 # minbase alone is ~200 MB used; these bring the image near the 268 MB used
-DEBIAN_INCLUDE="systemd-sysv,iproute2,openssh-server,curl,ca-certificates,less,vim-tiny,python3,locales,kmod,udev"
+DEBIAN_INCLUDE="systemd-sysv,iproute2,openssh-server,curl,ca-certificates,less,vim-tiny,locales,kmod,udev"
 
 img_fs_flag() {     # imager --fs for this image
     [ "$IMG_FS" = raw ] && echo dd || echo auto

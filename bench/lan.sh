@@ -378,7 +378,7 @@ launch_receiver() {
     (
         [ "$delay" != 0 ] && sleep "$delay"
         now >"$RUN/r$i$tag.start"
-        ip netns exec "${P}h$i" timeout -k 5 "$tmo" "$BIN/receiver" \
+        ip netns exec "${P}h$i" timeout -k 5 "$tmo" \
             bash -c 'f=$1; shift; "$@"; rc=$?; times >"$f"; exit $rc' _ "$RUN/r$i$tag.cpu" "$BIN/receiver" \
             --manifest "http://${IPS[0]}:6880/t/$TOKEN/$NAME.torrent" --target "$TMP/t$i" \
             --listen "${IPS[$i]}:6881" --verify "${extra[@]}" -q $VERB 2>&1 | stamp >"$RUN/r$i$tag.log"
@@ -620,7 +620,8 @@ if [ $SKIP_MAIN = 0 ]; then
     say ""
     say "== summary: time in s and (time / (S/R)), S = $S used bytes, R = $RATE Mbit/s, S/R = $IDEAL s; rx_cpu = user+sys s per receiver (average)"
     [ $UDPZSTD = 1 ] && say "   zstd -$ZSTD_LEVEL stream: $ZSTD_BYTES bytes = S / $(calc "'%.2f' % ($S / max(1, $ZSTD_BYTES))")"
-    say "$(printf '%3s | %-19s | %-19s | %-19s | %s' N 'blockswarm  s  ratio ok' 'udpcast  s  ratio ok' 'udp+zstd  s  ratio ok' 'rx_cpu: ours udpcast udp+zstd')"
+    say "$(printf '%3s | %-19s | %-19s | %-19s | %s' '' blockswarm udpcast 'udpcast+zstd' 'rx_cpu (s per receiver)')"
+    say "$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' N time ratio ok time ratio ok time ratio ok ours udpcast udp+zst)"
     for l in "${SUMMARY[@]}"; do say "$l"; done
     say ""
 fi
