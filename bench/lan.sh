@@ -509,6 +509,9 @@ run_swarm() {
 
     COPIES=$(jq -r '.uploaded_copies // empty' "$RUN/seeder.json" 2>/dev/null | head -1)
     [ -n "$COPIES" ] && COPIES=$(printf '%.2f' "$COPIES") || COPIES="n/a"
+    # a seeder with compressed pieces (issue 13) reports its zstd frames: wire vs raw bytes
+    SW_Z=$(jq -r 'if .compression then "\(.compression.sent_frames) \(.compression.sent_compressed_bytes) \(.compression.sent_raw_bytes)" else empty end' \
+        "$RUN/seeder.json" 2>/dev/null | head -1)
     last_done=0 last_exit=0
     : >"$RUN/receivers.txt"
     for ((i = 1; i <= n; i++)); do
@@ -561,7 +564,7 @@ print(net.prefixlen, " ".join(str(net.network_address + 1 + i) for i in range(n)
 read -r PLEN ADDRS <<<"$ADDRS"
 read -r -a IPS <<<"$ADDRS"
 
-echo "lan.sh: temp dir $TMP; building the image ($IMAGE_KIND, $SIZE MB)..." >&2
+echo "lan.sh: temp dir $TMP; making the image ($IMAGE_KIND$([ "$IMAGE_KIND" = debian ] || echo ", $SIZE MB"))..." >&2
 make_image || { echo "lan.sh: making the image failed; see $LOGS/imager.log" >&2; cat "$LOGS/imager.log" >&2; exit 1; }
 [ $UDPZSTD = 1 ] && { zstd_size || { echo "lan.sh: partclone | zstd of the image failed" >&2; exit 1; }; }
 setup_net $maxn || { echo "lan.sh: network setup failed" >&2; exit 1; }
@@ -588,7 +591,7 @@ if [ $SKIP_MAIN = 0 ]; then
     hdr=$(printf "$fmt" N S_bytes done_s exit_s ideal_s ratio r_done copies cpu% pk% own% retx% verify \
         udp_s udp_r cpu% own% udp_ok zst_s zst_r cpu% own% zst_ok)
     say "$hdr"
-    SUMMARY=()
+    SUMMARY=() ZNOTES=()
     for n in $COUNTS; do
         run_swarm "$n" "swarm-n$n" none
         sc=$CPU_AVG spk=$CPU_PEAK sown=$CPU_OWN
@@ -613,6 +616,10 @@ if [ $SKIP_MAIN = 0 ]; then
         SUMMARY+=("$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' "$n" \
             "$SW_EXIT" "$(ratio "$SW_EXIT")" "$ver" "$ut" "$ur" "$uok" "$zt" "$zr" "$zok" "$srx" "$urx" "$zrx")")
         [ -s "$LOGS/swarm-n$n/problems.txt" ] && say "    (problems in swarm-n$n: see logs/swarm-n$n/problems.txt)"
+        if [ -n "$SW_Z" ]; then
+            read -r zf zc zr <<<"$SW_Z"
+            ZNOTES+=("N=$n: seeder sent $zf blocks as zstd frames, $zc wire bytes for $zr raw ($(calc "'%.2f' % ($zc / max(1, $zr))")); seeder uploaded $COPIES x S")
+        fi
         [ -s "$LOGS/udpzstd-n$n/problems.txt" ] && say "    (problems in udpzstd-n$n: see logs/udpzstd-n$n/problems.txt)"
     done
     [ $UDPCAST = 1 ] && say "udpcast: $UDP_SETTINGS; udp_s = last udp-receiver exit, data compared with cmp"
@@ -623,6 +630,7 @@ if [ $SKIP_MAIN = 0 ]; then
     say "$(printf '%3s | %-19s | %-19s | %-19s | %s' '' blockswarm udpcast 'udpcast+zstd' 'rx_cpu (s per receiver)')"
     say "$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' N time ratio ok time ratio ok time ratio ok ours udpcast udp+zst)"
     for l in "${SUMMARY[@]}"; do say "$l"; done
+    for l in "${ZNOTES[@]}"; do say "   $l"; done
     say ""
 fi
 
