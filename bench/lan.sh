@@ -16,11 +16,13 @@
 # and the default counts can be changed with --counts "1 2 4 8". See bench/README.md.
 #
 # Topology: a "switch" network namespace with a Linux bridge; one namespace per host (h0 =
-# seeder 10.77.0.1, hI = receiver I at 10.77.0.(I+1)), each joined to the bridge by a veth
-# pair. Both ends of every veth are shaped with htb to R (host egress = host upload, the
-# bridge-side egress = host download). All traffic stays in namespaces created here; the
-# 10.77.0.0/24 subnet exists only inside them. Everything (namespaces, processes, temp
-# files) is removed on exit, including Ctrl-C. Every wait is bounded.
+# seeder 10.77.0.1, hI = receiver I at 10.77.0.(I+1); --subnet), each joined to the bridge by
+# a veth pair. Both ends of every veth are shaped with htb to R (host egress = host upload, the
+# bridge-side egress = host download). All traffic stays in namespaces created here (named
+# PREFIX<pid>-*, --prefix); the subnet exists only inside them. --image debian|random|synthetic
+# picks the source; baselines: plain udpcast and udpcast with zstd in the pipe (Clonezilla).
+# Everything (namespaces, processes, temp files) is removed on exit, including Ctrl-C. Every
+# wait is bounded.
 set -uo pipefail
 
 # ---------------------------------------------------------------------------- settings
@@ -46,16 +48,33 @@ LINK_STATS=0        # --link-stats: sample link counters every 0.5 s into links.
 LOSSY=0             # --lossy: netem loss/delay under the htb class of every veth end
 NETEM="loss 2% delay 20ms 10ms distribution normal"
 LOSS_HOW=""         # netem, or drop-class where the kernel has no netem (loss, no delay)
+PREFIX=bsl          # network namespaces are PREFIX<pid>-sw, PREFIX<pid>-h0 .. (--prefix)
+SUBNET=10.77.0.0/24 # the LAN's subnet (--subnet); host i (0 = seeder) gets the (i+1)th address
+IDLE_WAIT=90        # seconds to wait for an idle machine before each run (--idle-wait)
+UDPZSTD=1           # --no-udpzstd: skip the udpcast + zstd (Clonezilla) baseline
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lan-image.sh
+. "$HERE/lan-image.sh"
+# shellcheck source=bench/lan-udpcast.sh
+. "$HERE/lan-udpcast.sh"
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -uo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options:
   --rate MBIT        link rate in Mbit/s (default $RATE)
   --size MB          used data in the demo image, MB (default $SIZE)
   --counts "LIST"    receiver counts (default "$COUNTS")
   --piece-size SZ    imager piece size (default $PIECE)
-  --no-udpcast       skip udpcast
+  --image KIND       source image: synthetic (default: ext4, random-data files, half
+                     free), random (--size MB of random bytes, no file system) or debian
+                     (debootstrap --variant=minbase $DEBIAN_SUITE + packages on ext4,
+                     built once, cached in $IMAGE_CACHE)
+  --prefix NAME      network namespace prefix (default $PREFIX: NAME<pid>-sw, NAME<pid>-hI)
+  --subnet CIDR      the LAN's IPv4 subnet (default $SUBNET; hosts get its first addresses)
+  --no-udpcast       skip both udpcast baselines
+  --no-udpzstd       skip the udpcast + zstd baseline (partclone | zstd -3 -T0 | udp-sender)
+  --idle-wait SECS   before each run wait up to SECS for the machine to be idle (default $IDLE_WAIT)
   --slow-one | --late-join SECS | --kill-one | --scenario-n N   scenarios (above)
   --scenarios-only   run only the scenarios, not the N table
   --keep-logs DIR    copy all logs/JSON there before cleaning up (default: delete)
@@ -78,6 +97,11 @@ while [ $# -gt 0 ]; do
         --counts) COUNTS=$2; shift ;;
         --piece-size) PIECE=$2; shift ;;
         --no-udpcast) UDPCAST=0 ;;
+        --no-udpzstd) UDPZSTD=0 ;;
+        --image) IMAGE_KIND=$2; shift ;;
+        --prefix) PREFIX=$2; shift ;;
+        --subnet) SUBNET=$2; shift ;;
+        --idle-wait) IDLE_WAIT=$2; shift ;;
         --slow-one) SLOW_ONE=1 ;;
         --late-join) LATE_JOIN=$2; shift ;;
         --kill-one) KILL_ONE=1 ;;
@@ -98,6 +122,10 @@ done
 
 case $RATE in ''|*[!0-9]*) echo "lan.sh: --rate takes whole Mbit/s" >&2; exit 2 ;; esac
 case $SIZE in ''|*[!0-9]*) echo "lan.sh: --size takes whole MB" >&2; exit 2 ;; esac
+case $IDLE_WAIT in ''|*[!0-9]*) echo "lan.sh: --idle-wait takes whole seconds" >&2; exit 2 ;; esac
+case $IMAGE_KIND in synthetic|random|debian) ;; *) echo "lan.sh: --image synthetic|random|debian" >&2; exit 2 ;; esac
+case $PREFIX in ''|*[!a-zA-Z0-9]*) echo "lan.sh: --prefix takes letters and digits" >&2; exit 2 ;; esac
+[ ${#PREFIX} -le 6 ] || { echo "lan.sh: --prefix at most 6 characters" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "lan.sh: needs root (network namespaces, tc)" >&2; exit 2; }
 for t in ip tc mkfs.ext4 timeout ps jq python3; do
     command -v $t >/dev/null || { echo "lan.sh: missing $t (apt-get install -y iproute2 e2fsprogs jq procps)" >&2; exit 2; }
@@ -105,7 +133,12 @@ done
 if [ $UDPCAST = 1 ] && ! command -v udp-sender >/dev/null; then
     echo "lan.sh: udp-sender missing: apt-get install -y udpcast (or pass --no-udpcast)" >&2; exit 2
 fi
-HERE=$(cd "$(dirname "$0")" && pwd)
+[ $UDPCAST = 1 ] || UDPZSTD=0
+if [ $UDPZSTD = 1 ]; then
+    for t in zstd partclone.ext4; do
+        command -v $t >/dev/null || { echo "lan.sh: missing $t (apt-get install -y zstd partclone, or --no-udpzstd)" >&2; exit 2; }
+    done
+fi
 if [ $BUILD = 1 ]; then
     (cd "$HERE/.." && CARGO_TARGET_DIR=$(dirname "$BIN") cargo build --release -q -p imager -p seeder -p receiver) \
         || { echo "lan.sh: build failed" >&2; exit 1; }
@@ -115,7 +148,7 @@ for b in imager seeder receiver; do
 done
 
 # ---------------------------------------------------------------------------- state
-P="bsw$$-"                                  # namespace prefix, unique per run
+P="$PREFIX$$-"                              # namespace prefix, unique per run
 TMP=$(mktemp -d "$TMPBASE/blockswarm-bench.XXXXXX")
 LOGS=$TMP/logs
 mkdir -p "$LOGS"
@@ -178,12 +211,13 @@ CPU_BASE=0
 cpu_baseline() {  # busy % over 2 s before a run: other load on the machine skews the figures
     local a b
     local k
-    for ((k = 0; k < 45; k++)); do      # wait up to ~90 s for the machine to be idle
+    for ((k = 0; k < 45; k++)); do      # wait up to IDLE_WAIT (<= ~90) s for the machine to be idle
         a=$(cpu_snap); sleep 2; b=$(cpu_snap)
         set -- $a $b
         CPU_BASE=$(( $4 > $2 ? 100 * ($3 - $1) / ($4 - $2) : 0 ))
         [ "$CPU_BASE" -le 15 ] && break
-        [ $k = 0 ] && echo "lan.sh: machine ${CPU_BASE}% busy before $RUN_NAME (other processes); waiting up to 90 s" >&2
+        [ $((2 * k + 2)) -ge "$IDLE_WAIT" ] && break
+        [ $k = 0 ] && echo "lan.sh: machine ${CPU_BASE}% busy before $RUN_NAME (other processes); waiting up to $IDLE_WAIT s" >&2
     done
     [ "$CPU_BASE" -gt 15 ] && say "WARNING: machine already ${CPU_BASE}% busy before $RUN_NAME (other processes): CPU and times are skewed"
     return 0
@@ -280,7 +314,7 @@ setup_net() {   # receivers
         ip -n "${P}sw" link set "p$i" master br0
         ip -n "${P}sw" link set "p$i" up
         ip -n "${P}h$i" link set lo up
-        ip -n "${P}h$i" addr add "10.77.0.$((i + 1))/24" brd + dev eth0
+        ip -n "${P}h$i" addr add "${IPS[$i]}/$PLEN" brd + dev eth0
         ip -n "${P}h$i" link set eth0 up
         ip -n "${P}h$i" route add 224.0.0.0/4 dev eth0     # multicast for udpcast
         shape_host "$i" $((RATE * 1000)) || return 1
@@ -288,7 +322,7 @@ setup_net() {   # receivers
     # bounded wait until the seeder host reaches the last receiver
     for ((i = 0; i < 50; i++)); do
         # "connection refused" from a closed port proves the path works (no ping needed)
-        case $(ip netns exec "${P}h0" timeout 2 bash -c "exec 3<>/dev/tcp/10.77.0.$((n + 1))/9" 2>&1) in
+        case $(ip netns exec "${P}h0" timeout 2 bash -c "exec 3<>/dev/tcp/${IPS[$n]}/9" 2>&1) in
             *refused*) return 0 ;;
         esac
         sleep 0.2
@@ -335,40 +369,6 @@ links_start() { # background sampler of htb class byte counters -> $RUN/links.tx
 }
 links_stop() { [ -n "$LINKS" ] && { kill_tree "$LINKS"; wait "$LINKS" 2>/dev/null; }; LINKS=""; return 0; }
 
-# ---------------------------------------------------------------------------- image
-make_image() {
-    local d=$TMP/src-files remaining k sz overhead
-    IMG=$TMP/src.img
-    DEVSIZE=$(( (SIZE * 1000000 * 2 / 1048576 + 64) * 1048576 ))   # about half of it free
-    # metadata (journal, inode tables, bitmaps) of an empty fs of this size counts as used
-    truncate -s "$DEVSIZE" "$IMG"
-    mkfs.ext4 -q -F -b 4096 "$IMG" >/dev/null || return 1
-    overhead=$("$BIN/imager" "$IMG" -o /dev/null 2>&1 | grep -o '[0-9]* used bytes' | cut -d' ' -f1)
-    rm -f "$IMG"
-    mkdir -p "$d"
-    remaining=$(( SIZE * 1000000 - ${overhead:-24000000} ))
-    [ $remaining -lt 1000000 ] && remaining=1000000
-    k=0
-    while [ $remaining -gt 0 ] && [ $k -lt 1000 ]; do
-        sz=$(( remaining > 16777216 ? 16777216 : remaining ))
-        head -c "$sz" /dev/urandom >"$d/f$k"
-        remaining=$((remaining - sz)); k=$((k + 1))
-    done
-    truncate -s "$DEVSIZE" "$IMG"
-    mkfs.ext4 -q -F -b 4096 -d "$d" "$IMG" >/dev/null || return 1
-    rm -rf "$d"
-    NAME=src.img.packed
-    # The seeder's deployment token (every URL carries it).
-    TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-    MANIFEST=$TMP/src.torrent
-    "$BIN/imager" "$IMG" -o "$MANIFEST" --piece-size "$PIECE" --save "$TMP/packed" 2>"$LOGS/imager.log" || return 1
-    PACKED=$TMP/packed/$NAME
-    S=$(stat -c %s "$PACKED")
-    SRC_HASH=$(grep -o 'infohash [0-9a-f]*' "$LOGS/imager.log" | head -1 | cut -d' ' -f2)
-    [ -n "$SRC_HASH" ] || return 1
-    IDEAL=$(calc "$S * 8 / ($RATE * 1e6)")
-    IDEAL=$(printf '%.1f' "$IDEAL")
-}
 
 # ---------------------------------------------------------------------------- blockswarm run
 # launch_receiver I DELAY TAG RESUME TIMEOUT: background; writes $RUN/rI$TAG.{start,log,rc}
@@ -378,9 +378,10 @@ launch_receiver() {
     (
         [ "$delay" != 0 ] && sleep "$delay"
         now >"$RUN/r$i$tag.start"
-        ip netns exec "${P}h$i" timeout -k 5 "$tmo" "$BIN/receiver" \
-            --manifest "http://10.77.0.1:6880/t/$TOKEN/$NAME.torrent" --target "$TMP/t$i" \
-            --listen "10.77.0.$((i + 1)):6881" --verify "${extra[@]}" -q $VERB 2>&1 | stamp >"$RUN/r$i$tag.log"
+        ip netns exec "${P}h$i" timeout -k 5 "$tmo" \
+            bash -c 'f=$1; shift; "$@"; rc=$?; times >"$f"; exit $rc' _ "$RUN/r$i$tag.cpu" "$BIN/receiver" \
+            --manifest "http://${IPS[0]}:6880/t/$TOKEN/$NAME.torrent" --target "$TMP/t$i" \
+            --listen "${IPS[$i]}:6881" --verify "${extra[@]}" -q $VERB 2>&1 | stamp >"$RUN/r$i$tag.log"
         echo "${PIPESTATUS[0]} $(now)" >"$RUN/r$i$tag.rc"
         times >"$RUN/r$i$tag.times"
     ) 2>>"$RUN/launcher.err" &
@@ -388,13 +389,10 @@ launch_receiver() {
     RPID[$i]=$!
 }
 
-receiver_pid() {  # the receiver process under launcher subshell $1 (subshell > timeout > receiver)
-    local t r
-    for t in $(ps -o pid= --ppid "$1"); do
-        for r in $(ps -o pid= --ppid "$t" 2>/dev/null); do
-            [ "$(ps -o comm= -p "$r")" = receiver ] && { echo "$r"; return; }
-        done
-        [ "$(ps -o comm= -p "$t")" = receiver ] && { echo "$t"; return; }
+receiver_pid() {  # the receiver process under launcher subshell $1 (subshell > timeout > bash > receiver)
+    local r
+    for r in $(tree_pids "$1"); do
+        [ "$(ps -o comm= -p "$r")" = receiver ] && { echo "$r"; return; }
     done
 }
 
@@ -415,11 +413,12 @@ receiver_result() {
     esac
 }
 
-verify_target() {   # i -> "ok" or "BAD"
+verify_path() {     # target file -> "ok" or "BAD": its used data (imager's infohash) is the source's
     local h
-    h=$("$BIN/imager" "$TMP/t$1" --name "$NAME" --piece-size "$PIECE" -o /dev/null 2>&1 | grep -o 'infohash [0-9a-f]*' | cut -d' ' -f2)
+    h=$("$BIN/imager" "$1" --fs "$(img_fs_flag)" --name "$NAME" --piece-size "$PIECE" -o /dev/null 2>&1 | grep -o 'infohash [0-9a-f]*' | cut -d' ' -f2)
     [ "$h" = "$SRC_HASH" ] && echo ok || echo "BAD(${h:-no fs})"
 }
+verify_target() { verify_path "$TMP/t$1"; }   # i
 
 # run_swarm N NAME SPECIAL  (SPECIAL: none|slow|late|kill; the special receiver is the last)
 run_swarm() {
@@ -443,7 +442,7 @@ run_swarm() {
     cpu_baseline
     (
         ip netns exec "${P}h0" timeout -k 5 "$stmo" "$BIN/seeder" "$MANIFEST" --source "$IMG" \
-            --listen 10.77.0.1:6881 --http 10.77.0.1:6880 --token "$TOKEN" --expect "$n" -q $VERB \
+            --listen "${IPS[0]}:6881" --http "${IPS[0]}:6880" --token "$TOKEN" --expect "$n" -q $VERB \
             >"$RUN/seeder.json" 2> >(stamp >"$RUN/seeder.log")
         rc=$?
         times >"$RUN/seeder.times"
@@ -510,6 +509,9 @@ run_swarm() {
 
     COPIES=$(jq -r '.uploaded_copies // empty' "$RUN/seeder.json" 2>/dev/null | head -1)
     [ -n "$COPIES" ] && COPIES=$(printf '%.2f' "$COPIES") || COPIES="n/a"
+    # a seeder with compressed pieces (issue 13) reports its zstd frames: wire vs raw bytes
+    SW_Z=$(jq -r 'if .compression then "\(.compression.sent_frames) \(.compression.sent_compressed_bytes) \(.compression.sent_raw_bytes)" else empty end' \
+        "$RUN/seeder.json" 2>/dev/null | head -1)
     last_done=0 last_exit=0
     : >"$RUN/receivers.txt"
     for ((i = 1; i <= n; i++)); do
@@ -539,53 +541,6 @@ run_swarm() {
     return 0
 }
 
-# ---------------------------------------------------------------------------- udpcast run
-run_udpcast() {
-    local n=$1 i k spid rtmo last=0 ok=1 good=0 rc end
-    RUN_NAME=$2
-    RUN=$LOGS/$2
-    mkdir -p "$RUN"
-    rtmo=$(calc "max(60, int($TMO_FACTOR * $IDEAL))")
-    local br; br=$(calc "int($RATE * $UDP_BITRATE_PCT / 100)")
-    UDP_SETTINGS="udp-sender --max-bitrate ${br}m --full-duplex --min-receivers N --nokbd (default multicast, blocksize, no FEC)"
-    cpu_baseline
-    cpu_start
-    (
-        ip netns exec "${P}h0" timeout -k 5 $((rtmo + 30)) udp-sender --file "$PACKED" --min-receivers "$n" \
-            --nokbd --interface eth0 --portbase 9000 --max-bitrate "${br}m" --full-duplex \
-            >"$RUN/sender.log" 2>&1 </dev/null
-        times >"$RUN/sender.times"
-    ) 2>>"$RUN/launcher.err" &
-    spid=$!; BG+=($spid)
-    sleep 0.5
-    T0=$(now)
-    local pids=()
-    for ((i = 1; i <= n; i++)); do
-        (
-            ip netns exec "${P}h$i" timeout -k 5 "$rtmo" udp-receiver --file "$TMP/u$i" --nokbd \
-                --interface eth0 --portbase 9000 >"$RUN/r$i.log" 2>&1 </dev/null
-            echo "$? $(now)" >"$RUN/r$i.rc"
-            times >"$RUN/r$i.times"
-        ) 2>>"$RUN/launcher.err" &
-        BG+=($!); pids+=($!)
-    done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-    for ((k = 0; k < 100; k++)); do kill -0 $spid 2>/dev/null || break; sleep 0.1; done
-    kill -0 $spid 2>/dev/null && { kill_tree $spid; echo "udp-sender still running: killed" >>"$RUN/problems.txt"; }
-    wait $spid 2>/dev/null
-    cpu_stop
-    for ((i = 1; i <= n; i++)); do
-        read -r rc end <"$RUN/r$i.rc"
-        if [ "$rc" = 0 ] && cmp -s "$PACKED" "$TMP/u$i"; then
-            good=$((good + 1)); last=$(calc "max($last, $(fsub "$end" "$T0"))")
-        else
-            ok=0; echo "r$i rc=$rc (124/137 = timeout) or data differs" >>"$RUN/problems.txt"
-        fi
-        rm -f "$TMP/u$i"
-    done
-    UDP_TIME=$last UDP_OK=$ok UDP_GOOD=$good
-    [ $ok = 1 ] || UDP_TIME="STUCK/FAIL"
-}
 
 ratio() { case $1 in *[!0-9.]*|"") echo "-" ;; *) calc "'%.2f' % ($1 / $IDEAL)" ;; esac; }
 
@@ -597,9 +552,21 @@ if [ $SLOW_ONE = 1 ] || [ "$LATE_JOIN" != 0 ] || [ $KILL_ONE = 1 ]; then
 fi
 [ $maxn -gt 0 ] || { echo "lan.sh: nothing to run" >&2; exit 2; }
 [ $maxn -le 200 ] || { echo "lan.sh: at most 200 receivers" >&2; exit 2; }
+# the hosts' addresses: the first maxn + 1 host addresses of SUBNET (h0 = the seeder)
+ADDRS=$(python3 -c '
+import ipaddress, sys
+net = ipaddress.ip_network(sys.argv[1], strict=False)
+n = int(sys.argv[2]) + 1
+if net.version != 4 or net.num_addresses - 2 < n:
+    sys.exit("lan.sh: --subnet %s: need an IPv4 subnet with %d host addresses" % (sys.argv[1], n))
+print(net.prefixlen, " ".join(str(net.network_address + 1 + i) for i in range(n)))
+' "$SUBNET" "$maxn") || exit 2
+read -r PLEN ADDRS <<<"$ADDRS"
+read -r -a IPS <<<"$ADDRS"
 
-echo "lan.sh: temp dir $TMP; building the image ($SIZE MB used)..." >&2
+echo "lan.sh: temp dir $TMP; making the image ($IMAGE_KIND$([ "$IMAGE_KIND" = debian ] || echo ", $SIZE MB"))..." >&2
 make_image || { echo "lan.sh: making the image failed; see $LOGS/imager.log" >&2; cat "$LOGS/imager.log" >&2; exit 1; }
+[ $UDPZSTD = 1 ] && { zstd_size || { echo "lan.sh: partclone | zstd of the image failed" >&2; exit 1; }; }
 setup_net $maxn || { echo "lan.sh: network setup failed" >&2; exit 1; }
 
 say "blockswarm LAN bench: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r), git $(cd "$HERE/.." && git rev-parse --short HEAD 2>/dev/null)$(cd "$HERE/.." && git diff --quiet 2>/dev/null || echo +dirty)"
@@ -610,7 +577,8 @@ elif [ "$LOSS_HOW" = drop-class ]; then
 else
     say "links: $RATE Mbit/s both ways per host (htb on both veth ends, pfifo 300), bridge in its own namespace"
 fi
-say "image: ext4 $(calc "$DEVSIZE / 1048576") MiB, S = $S used bytes ($(calc "'%.1f' % ($S / 1e6)") MB), pieces $PIECE, ideal S/R = $IDEAL s"
+say "image: $IMG_DESC"
+say "image: $(calc "$DEVSIZE / 1048576") MiB, S = $S used bytes ($(calc "'%.1f' % ($S / 1e6)") MB), pieces $PIECE, ideal S/R = $IDEAL s"
 say "blockswarm: seeder --expect N, receivers --verify --no-resume, -v logs; 'done' = last receiver's 'complete' line, 'exit' = last receiver exited 0 (after the seeder says done)"
 say "ratio = exit / (S/R); per-receiver timeout = max(60, $TMO_FACTOR x S/R) s"
 say "retx% = TCP segments retransmitted / sent, all hosts (drops in the link queues)"
@@ -618,25 +586,51 @@ say "cpu% = average busy of all cores (whole machine, /proc/stat), pk% = busiest
 say ""
 
 if [ $SKIP_MAIN = 0 ]; then
-    hdr=$(printf '%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %5s %6s | %6s %5s %4s %4s %s' \
-        N S_bytes done_s exit_s ideal_s ratio r_done copies cpu% pk% own% retx% verify udp_s udp_r cpu% own% udp_ok)
+    fmt='%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %5s %6s | %6s %5s %4s %4s %6s | %6s %5s %4s %4s %s'
+    # shellcheck disable=SC2059  # fmt is ours
+    hdr=$(printf "$fmt" N S_bytes done_s exit_s ideal_s ratio r_done copies cpu% pk% own% retx% verify \
+        udp_s udp_r cpu% own% udp_ok zst_s zst_r cpu% own% zst_ok)
     say "$hdr"
+    SUMMARY=() ZNOTES=()
     for n in $COUNTS; do
         run_swarm "$n" "swarm-n$n" none
         sc=$CPU_AVG spk=$CPU_PEAK sown=$CPU_OWN
         ver="$((n - SW_BAD))/$n"
-        ut="-" ur="-" uc="-" uown="-" uok="-"
+        srx=$(cpu_avg "$LOGS/swarm-n$n" "$n")
+        ut="-" ur="-" uc="-" uown="-" uok="-" urx="-"
         if [ $UDPCAST = 1 ]; then
             run_udpcast "$n" "udpcast-n$n"
-            ut=$UDP_TIME; ur=$(ratio "$UDP_TIME"); uc=$CPU_AVG; uown=$CPU_OWN; uok="$UDP_GOOD/$n"
+            ut=$UDP_TIME; ur=$(ratio "$UDP_TIME"); uc=$CPU_AVG; uown=$CPU_OWN; uok="$UDP_GOOD/$n"; urx=$UDP_RXCPU
         fi
-        line=$(printf '%3s %10s %7s %7s %7s %5s %6s %6s %4s %4s %4s %5s %6s | %6s %5s %4s %4s %s' \
+        zt="-" zr="-" zc="-" zown="-" zok="-" zrx="-"
+        if [ $UDPZSTD = 1 ]; then
+            run_udpzstd "$n" "udpzstd-n$n"
+            zt=$ZST_TIME; zr=$(ratio "$ZST_TIME"); zc=$CPU_AVG; zown=$CPU_OWN; zok="$ZST_GOOD/$n"; zrx=$ZST_RXCPU
+        fi
+        # shellcheck disable=SC2059
+        line=$(printf "$fmt" \
             "$n" "$S" "$SW_DONE" "$SW_EXIT" "$IDEAL" "$(ratio "$SW_EXIT")" "$(ratio "$SW_DONE")" \
-            "$COPIES" "$sc" "$spk" "$sown" "$NET_RETX" "$ver" "$ut" "$ur" "$uc" "$uown" "$uok")
+            "$COPIES" "$sc" "$spk" "$sown" "$NET_RETX" "$ver" "$ut" "$ur" "$uc" "$uown" "$uok" \
+            "$zt" "$zr" "$zc" "$zown" "$zok")
         say "$line"
+        SUMMARY+=("$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' "$n" \
+            "$SW_EXIT" "$(ratio "$SW_EXIT")" "$ver" "$ut" "$ur" "$uok" "$zt" "$zr" "$zok" "$srx" "$urx" "$zrx")")
         [ -s "$LOGS/swarm-n$n/problems.txt" ] && say "    (problems in swarm-n$n: see logs/swarm-n$n/problems.txt)"
+        if [ -n "$SW_Z" ]; then
+            read -r zf zc zr <<<"$SW_Z"
+            ZNOTES+=("N=$n: seeder sent $zf blocks as zstd frames, $zc wire bytes for $zr raw ($(calc "'%.2f' % ($zc / max(1, $zr))")); seeder uploaded $COPIES x S")
+        fi
+        [ -s "$LOGS/udpzstd-n$n/problems.txt" ] && say "    (problems in udpzstd-n$n: see logs/udpzstd-n$n/problems.txt)"
     done
     [ $UDPCAST = 1 ] && say "udpcast: $UDP_SETTINGS; udp_s = last udp-receiver exit, data compared with cmp"
+    [ $UDPZSTD = 1 ] && say "udpcast+zstd: $ZST_SETTINGS; zst_s = last receiver pipe exit"
+    say ""
+    say "== summary: time in s and (time / (S/R)), S = $S used bytes, R = $RATE Mbit/s, S/R = $IDEAL s; rx_cpu = user+sys s per receiver (average)"
+    [ $UDPZSTD = 1 ] && say "   zstd -$ZSTD_LEVEL stream: $ZSTD_BYTES bytes = S / $(calc "'%.2f' % ($S / max(1, $ZSTD_BYTES))")"
+    say "$(printf '%3s | %-19s | %-19s | %-19s | %s' '' blockswarm udpcast 'udpcast+zstd' 'rx_cpu (s per receiver)')"
+    say "$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' N time ratio ok time ratio ok time ratio ok ours udpcast udp+zst)"
+    for l in "${SUMMARY[@]}"; do say "$l"; done
+    for l in "${ZNOTES[@]}"; do say "   $l"; done
     say ""
 fi
 
