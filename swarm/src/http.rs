@@ -1,19 +1,21 @@
-//! A deliberately small HTTP/1.1 client (GET) and server, enough for fetching the manifest,
+//! A deliberately small HTTP/1.1 client (GET, POST: `client.rs`) and server, enough for fetching the manifest,
 //! the tracker protocol and a status page on a LAN. No TLS, no keep-alive, no chunking on our
 //! side; bodies are capped.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::allow::AllowList;
 use crate::conn_limit::{self, Limiter, Slot};
 use crate::SwarmError;
+
+mod client;
+pub use client::{get, parse_response, post};
 
 /// Largest body the client accepts (a manifest of a very fragmented disk is a few tens of MiB).
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
@@ -129,142 +131,8 @@ fn hexval(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-/// `GET url`; returns the body of a 200 response. Connects from `bind_ip` when given.
-pub async fn get(
-    url: &str,
-    bind_ip: Option<IpAddr>,
-    timeout: Duration,
-) -> Result<Vec<u8>, SwarmError> {
-    let u = Url::parse(url)?;
-    tokio::time::timeout(timeout, request(&u, None, bind_ip))
-        .await
-        .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
-}
-
-/// `POST url` with `body` (`content_type`); returns the body of a 200 response.
-pub async fn post(
-    url: &str,
-    content_type: &str,
-    body: &[u8],
-    bind_ip: Option<IpAddr>,
-    timeout: Duration,
-) -> Result<Vec<u8>, SwarmError> {
-    let u = Url::parse(url)?;
-    tokio::time::timeout(timeout, request(&u, Some((content_type, body)), bind_ip))
-        .await
-        .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
-}
-
-/// GET, or POST with `body` = (content type, bytes).
-async fn request(
-    u: &Url,
-    body: Option<(&str, &[u8])>,
-    bind_ip: Option<IpAddr>,
-) -> Result<Vec<u8>, SwarmError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((u.host.as_str(), u.port))
-        .await
-        .map_err(|e| SwarmError::Http(format!("cannot resolve {}: {e}", u.host)))?
-        .collect();
-    let mut last_err = None;
-    let mut stream = None;
-    for a in addrs {
-        let sock = if a.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = bind_ip {
-            if ip.is_ipv4() == a.is_ipv4() {
-                sock.bind(SocketAddr::new(ip, 0))?;
-            }
-        }
-        match sock.connect(a).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    let mut stream = stream.ok_or_else(|| {
-        SwarmError::Http(format!(
-            "cannot connect to {}:{}: {}",
-            u.host,
-            u.port,
-            last_err.map_or("no address".into(), |e| e.to_string())
-        ))
-    })?;
-    let (method, extra) = match body {
-        Some((ct, b)) => (
-            "POST",
-            format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()),
-        ),
-        None => ("GET", String::new()),
-    };
-    let req = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: blockswarm/{}\r\nAccept-Encoding: identity\r\n{extra}Connection: close\r\n\r\n",
-        u.target,
-        u.host,
-        u.port,
-        env!("CARGO_PKG_VERSION")
-    );
-    stream.write_all(req.as_bytes()).await?;
-    if let Some((_, b)) = body {
-        stream.write_all(b).await?;
-    }
-    let mut buf = Vec::new();
-    let mut limited = (&mut stream).take((MAX_BODY + MAX_HEAD) as u64);
-    limited.read_to_end(&mut buf).await?;
-    parse_response(buf, &u.to_string_with(&u.target))
-}
-
-/// The body of a complete HTTP/1.x response read up to the end of the connection (`buf`): an
-/// error unless its status is 200, its transfer encoding (if any) is `identity` and its body
-/// has the `Content-Length` (if any). `url` only names the request in errors.
-pub fn parse_response(mut buf: Vec<u8>, url: &str) -> Result<Vec<u8>, SwarmError> {
-    let head_end = find_head_end(&buf)
-        .ok_or_else(|| SwarmError::Http("response has no complete header".into()))?;
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| SwarmError::Http(format!("bad status line {status_line:?}")))?;
-    let mut content_length = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            let v = v.trim();
-            if k == "content-length" {
-                content_length = v.parse::<usize>().ok();
-            } else if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
-                return Err(SwarmError::Http(format!(
-                    "unsupported transfer-encoding {v}"
-                )));
-            }
-        }
-    }
-    let body = buf.split_off(head_end);
-    if status != 200 {
-        return Err(SwarmError::Http(format!(
-            "GET {url} answered {status_line}"
-        )));
-    }
-    if let Some(cl) = content_length {
-        if body.len() != cl {
-            return Err(SwarmError::Http(format!(
-                "body is {} bytes, Content-Length said {cl} (connection cut?)",
-                body.len()
-            )));
-        }
-    }
-    Ok(body)
 }
 
 /// Largest request body the server reads (a receiver's progress report is well under 4 KiB).
@@ -552,6 +420,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn urls() {
