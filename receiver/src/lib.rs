@@ -54,8 +54,20 @@ async fn fetch_manifest(
     let start = Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
+        // 20 s for each step (connect, head, every next piece of the body): a manifest of
+        // tens of MiB to a whole room at once gets the time its size takes.
         match http::get(&s.manifest, bind_ip, Duration::from_secs(20)).await {
             Ok(b) => return Ok((b, local)),
+            // The seeder is there and says no (wrong URL or token): retrying cannot help.
+            Err(blockswarm_swarm::SwarmError::HttpStatus {
+                url,
+                status,
+                reason,
+            }) if (400..500).contains(&status) => {
+                return Err(ReceiverError::BadManifest(format!(
+                    "{url} answered {status} {reason}: wrong manifest URL or deployment token? Use the line the seeder printed; nothing written"
+                )));
+            }
             Err(e) => {
                 if start.elapsed() >= s.retry_for {
                     return Err(ReceiverError::Unreachable(format!(

@@ -224,7 +224,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
 
     let mut served = m.clone();
     served.announce = Some(announce_url.clone());
-    let served_manifest = served.encode().map_err(fail)?;
+    let served_manifest = bytes::Bytes::from(served.encode().map_err(fail)?);
 
     let peer_id = new_peer_id();
     let opts = SwarmOptions {
@@ -269,7 +269,11 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         }),
     ));
 
-    let manifest_url = format!("{base_t}/{}.torrent", m.name);
+    // The name is one path segment, encoded: `+`, space, `#`, `?` and `%` survive.
+    let manifest_url = format!(
+        "{base_t}/{}.torrent",
+        http::percent_encode(m.name.as_bytes())
+    );
     let ih_hex = hex::encode(info_hash);
     eprintln!(
         "seeder: serving {} ({} used bytes, {} pieces) from {desc}",

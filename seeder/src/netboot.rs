@@ -6,18 +6,17 @@
 //! configuration in proxy-DHCP mode (beside the lab's DHCP server) that chainloads Debian's
 //! iPXE (`undionly.kpxe` over dnsmasq's TFTP) and hands iPXE clients this script.
 //!
-//! The netboot files have their own small HTTP server (`--netboot-http`, port 8080 by
-//! default): the seeder's main HTTP server answers with whole in-memory bodies, fine for a
-//! manifest, not for 30 machines fetching a kernel at once.
+//! The netboot files have their own port (`--netboot-http`, 8080 by default), served by the
+//! seeder's HTTP server code (`blockswarm_swarm::http`: hyper, the same limits), with the
+//! files streamed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blockswarm_swarm::conn_limit;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use blockswarm_swarm::http::{self, Method, Request, Response};
+use tokio::net::TcpListener;
+use tracing::info;
 
 use blockswarm_swarm::allow::AllowList;
 
@@ -183,124 +182,36 @@ pub async fn start(
         dir: dir.to_path_buf(),
         script: ipxe_script(&base, manifest_url, info_hash, &args.netboot_append),
     });
-    tokio::spawn(serve(listener, allow, served));
+    // The seeder's HTTP server (its limits, `--allow`), with the netboot routes.
+    tokio::spawn(http::serve_only(
+        listener,
+        allow,
+        Arc::new(move |r: Request| {
+            let resp = route(&served, &r);
+            async move { resp }
+        }),
+    ));
     let url = format!("{base}/boot.ipxe");
     info!(%url, "netboot ready");
     Ok(url)
 }
 
-/// A netboot download (kernel and initramfs, ~10 MiB) ends within this long.
-const NETBOOT_CONN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Within the limits of `conn_limit::HTTP` (the request head within 5 s), to clients inside
-/// `allow` only.
-async fn serve(listener: TcpListener, allow: AllowList, served: Arc<Served>) {
-    let limiter = conn_limit::Limiter::new(conn_limit::HTTP);
-    loop {
-        match listener.accept().await {
-            // Outside --allow: closed at once (the script reveals the deployment token).
-            Ok((_, peer)) if !allow.contains(peer.ip()) => {
-                tracing::debug!(%peer, "netboot connection refused: outside --allow");
-            }
-            Ok((s, peer)) => {
-                let Ok(slot) = limiter.admit(peer.ip()).await else {
-                    debug!(%peer, "netboot: too many connections, refused");
-                    continue;
-                };
-                let served = served.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = slot.evicted() => {}
-                        r = tokio::time::timeout(NETBOOT_CONN_TIMEOUT, handle(s, &served, &slot)) => match r {
-                            Err(_) => warn!(%peer, "netboot: cut after {NETBOOT_CONN_TIMEOUT:?}"),
-                            Ok(Err(e)) => warn!(%peer, "netboot: {e}"),
-                            Ok(Ok(())) => {}
-                        },
-                    }
-                });
-            }
-            Err(e) => {
-                warn!("netboot accept: {e}");
-                tokio::time::sleep(conn_limit::ACCEPT_BACKOFF).await;
-            }
-        }
+/// The netboot routes. GET and HEAD (hyper sends HEAD no body); the kernel and initramfs
+/// are streamed from DIR, read at each request.
+fn route(served: &Served, r: &Request) -> Response {
+    if r.method == Method::Post {
+        return Response::error(405, "method not allowed");
     }
-}
-
-/// Reads the request head (at most 8 KiB) and returns method and path.
-async fn read_head(s: &mut TcpStream) -> std::io::Result<(String, String)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        if buf.len() > 8192 {
-            return Err(std::io::Error::other("request head too long"));
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::other(
-                "connection closed in the request head",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let file = |f: &str| Response::file("application/octet-stream", served.dir.join(f));
+    match r.path.as_str() {
+        "/boot.ipxe" => Response::ok("text/plain", served.script.clone()),
+        "/boot/vmlinuz" => file("vmlinuz"),
+        "/boot/initrd.img" => file("initrd.img"),
+        _ => Response::error(
+            404,
+            "not found: GET /boot.ipxe, /boot/vmlinuz, /boot/initrd.img",
+        ),
     }
-    let line = String::from_utf8_lossy(&buf);
-    let mut it = line.lines().next().unwrap_or("").split_whitespace();
-    let method = it.next().unwrap_or("").to_string();
-    let path = it.next().unwrap_or("").to_string();
-    Ok((method, path.split('?').next().unwrap_or("").to_string()))
-}
-
-fn head(status: &str, ctype: &str, len: u64) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    )
-}
-
-async fn handle(mut s: TcpStream, served: &Served, slot: &conn_limit::Slot) -> std::io::Result<()> {
-    let (method, path) = tokio::time::timeout(conn_limit::HTTP_HEAD_TIMEOUT, read_head(&mut s))
-        .await
-        .map_err(|_| std::io::Error::other("no request head within 5 s"))??;
-    slot.opened();
-    let body_too = method == "GET";
-    if !body_too && method != "HEAD" {
-        let msg = "method not allowed\n";
-        s.write_all(head("405 Method Not Allowed", "text/plain", msg.len() as u64).as_bytes())
-            .await?;
-        return s.write_all(msg.as_bytes()).await;
-    }
-    let file = match path.as_str() {
-        "/boot.ipxe" => {
-            let b = served.script.as_bytes();
-            s.write_all(head("200 OK", "text/plain", b.len() as u64).as_bytes())
-                .await?;
-            if body_too {
-                s.write_all(b).await?;
-            }
-            return s.shutdown().await;
-        }
-        "/boot/vmlinuz" => "vmlinuz",
-        "/boot/initrd.img" => "initrd.img",
-        _ => {
-            let msg = "not found: GET /boot.ipxe, /boot/vmlinuz, /boot/initrd.img\n";
-            s.write_all(head("404 Not Found", "text/plain", msg.len() as u64).as_bytes())
-                .await?;
-            return s.write_all(msg.as_bytes()).await;
-        }
-    };
-    let mut f = tokio::fs::File::open(served.dir.join(file)).await?;
-    let len = f.metadata().await?.len();
-    s.write_all(head("200 OK", "application/octet-stream", len).as_bytes())
-        .await?;
-    if body_too {
-        // tokio::io::copy moves 8 KiB at a time: bounded memory per connection.
-        let sent = tokio::io::copy(&mut (&mut f).take(len), &mut s).await?;
-        if sent != len {
-            return Err(std::io::Error::other(format!(
-                "{file}: sent {sent} of {len} bytes (file changed?)"
-            )));
-        }
-    }
-    s.shutdown().await
 }
 
 #[cfg(test)]

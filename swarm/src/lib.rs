@@ -54,6 +54,13 @@ pub enum SwarmError {
     Storage(String),
     #[error("http: {0}")]
     Http(String),
+    /// The server answered, with another status than 200.
+    #[error("http: {url} answered {status} {reason}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        reason: String,
+    },
     #[error("tracker: {0}")]
     Tracker(String),
 }

@@ -1,14 +1,25 @@
-//! The client side: one GET or POST per connection, the response read to the end of the
-//! connection (at most [`MAX_BODY`] plus a head), only a 200 accepted.
+//! The client, on hyper's HTTP/1 connection over a socket of ours (bound to `bind_ip` when
+//! given): one GET or POST per connection, only a 200 accepted, the body at most
+//! [`MAX_BODY`]. Time is allowed in proportion to size: `timeout` bounds each step (connect,
+//! the response head, every next piece of the body), and the whole exchange takes at most
+//! `timeout` plus the body's length at [`MIN_RATE`] (a 37 MB manifest to 30 receivers at
+//! once is not cut off by a fixed limit; a server that drips is).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 
-use super::{find_head_end, Url, MAX_BODY, MAX_HEAD};
+use super::{Url, MAX_BODY};
 use crate::SwarmError;
+
+/// The slowest transfer allowed once a response has begun (bytes per second).
+pub const MIN_RATE: u64 = 256 * 1024;
 
 /// `GET url`; returns the body of a 200 response. Connects from `bind_ip` when given.
 pub async fn get(
@@ -16,10 +27,7 @@ pub async fn get(
     bind_ip: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<Vec<u8>, SwarmError> {
-    let u = Url::parse(url)?;
-    tokio::time::timeout(timeout, request(&u, None, bind_ip))
-        .await
-        .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
+    request(url, None, bind_ip, timeout).await
 }
 
 /// `POST url` with `body` (`content_type`); returns the body of a 200 response.
@@ -30,24 +38,19 @@ pub async fn post(
     bind_ip: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<Vec<u8>, SwarmError> {
-    let u = Url::parse(url)?;
-    tokio::time::timeout(timeout, request(&u, Some((content_type, body)), bind_ip))
-        .await
-        .map_err(|_| SwarmError::Http(format!("{url}: timed out after {timeout:?}")))?
+    request(url, Some((content_type, body)), bind_ip, timeout).await
 }
 
-/// GET, or POST with `body` = (content type, bytes).
-async fn request(
-    u: &Url,
-    body: Option<(&str, &[u8])>,
-    bind_ip: Option<IpAddr>,
-) -> Result<Vec<u8>, SwarmError> {
+fn err(url: &Url, what: impl std::fmt::Display) -> SwarmError {
+    SwarmError::Http(format!("{url}: {what}"))
+}
+
+async fn connect(u: &Url, bind_ip: Option<IpAddr>) -> Result<TcpStream, SwarmError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((u.host.as_str(), u.port))
         .await
         .map_err(|e| SwarmError::Http(format!("cannot resolve {}: {e}", u.host)))?
         .collect();
     let mut last_err = None;
-    let mut stream = None;
     for a in addrs {
         let sock = if a.is_ipv4() {
             TcpSocket::new_v4()?
@@ -60,86 +63,128 @@ async fn request(
             }
         }
         match sock.connect(a).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
+            Ok(s) => return Ok(s),
             Err(e) => last_err = Some(e),
         }
     }
-    let mut stream = stream.ok_or_else(|| {
-        SwarmError::Http(format!(
-            "cannot connect to {}:{}: {}",
-            u.host,
-            u.port,
-            last_err.map_or("no address".into(), |e| e.to_string())
-        ))
-    })?;
-    let (method, extra) = match body {
-        Some((ct, b)) => (
-            "POST",
-            format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()),
-        ),
-        None => ("GET", String::new()),
-    };
-    let req = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: blockswarm/{}\r\nAccept-Encoding: identity\r\n{extra}Connection: close\r\n\r\n",
-        u.target,
-        u.host,
-        u.port,
-        env!("CARGO_PKG_VERSION")
-    );
-    stream.write_all(req.as_bytes()).await?;
-    if let Some((_, b)) = body {
-        stream.write_all(b).await?;
-    }
-    let mut buf = Vec::new();
-    let mut limited = (&mut stream).take((MAX_BODY + MAX_HEAD) as u64);
-    limited.read_to_end(&mut buf).await?;
-    parse_response(buf, &u.to_string_with(&u.target))
+    Err(SwarmError::Http(format!(
+        "cannot connect to {}: {}",
+        u.authority(),
+        last_err.map_or("no address".into(), |e| e.to_string())
+    )))
 }
 
-/// The body of a complete HTTP/1.x response read up to the end of the connection (`buf`): an
-/// error unless its status is 200, its transfer encoding (if any) is `identity` and its body
-/// has the `Content-Length` (if any). `url` only names the request in errors.
-pub fn parse_response(mut buf: Vec<u8>, url: &str) -> Result<Vec<u8>, SwarmError> {
-    let head_end = find_head_end(&buf)
-        .ok_or_else(|| SwarmError::Http("response has no complete header".into()))?;
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| SwarmError::Http(format!("bad status line {status_line:?}")))?;
-    let mut content_length = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            let v = v.trim();
-            if k == "content-length" {
-                content_length = v.parse::<usize>().ok();
-            } else if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
-                return Err(SwarmError::Http(format!(
-                    "unsupported transfer-encoding {v}"
-                )));
+/// GET, or POST with `body` = (content type, bytes).
+async fn request(
+    url: &str,
+    body: Option<(&str, &[u8])>,
+    bind_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<Vec<u8>, SwarmError> {
+    let u = Url::parse(url)?;
+    let step = |what: &'static str| {
+        let u = u.clone();
+        move |_| err(&u, format!("timed out after {timeout:?} ({what})"))
+    };
+    let started = Instant::now();
+    let stream = tokio::time::timeout(timeout, connect(&u, bind_ip))
+        .await
+        .map_err(step("connecting"))??;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| err(&u, e))?;
+    // The connection is driven beside us; it ends when the response is dropped.
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let _stop = AbortOnDrop(driver);
+
+    let mut req = hyper::Request::builder()
+        .method(if body.is_some() { "POST" } else { "GET" })
+        .uri(u.target.as_str());
+    let h = req.headers_mut().expect("a fresh builder");
+    h.insert(
+        HOST,
+        HeaderValue::from_str(&u.authority()).map_err(|e| err(&u, e))?,
+    );
+    h.insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("blockswarm/", env!("CARGO_PKG_VERSION"))),
+    );
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    let payload = match body {
+        Some((ct, b)) => {
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_str(ct).map_err(|e| err(&u, e))?,
+            );
+            Bytes::copy_from_slice(b)
+        }
+        None => Bytes::new(),
+    };
+    let req = req
+        .body(Full::new(payload))
+        .map_err(|e| err(&u, format!("bad request: {e}")))?;
+    let resp = tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(step("waiting for the response"))?
+        .map_err(|e| err(&u, e))?;
+    let status = resp.status();
+    if status != hyper::StatusCode::OK {
+        return Err(SwarmError::HttpStatus {
+            url: u.to_string(),
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("").to_string(),
+        });
+    }
+    let declared = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(err(
+            &u,
+            format!("body of {} bytes is over {MAX_BODY}", declared.unwrap_or(0)),
+        ));
+    }
+    let size = declared.unwrap_or(MAX_BODY as u64);
+    let deadline = started + timeout + Duration::from_secs(size / MIN_RATE);
+    let mut body = resp.into_body();
+    let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        let next = (Instant::now() + timeout).min(deadline);
+        let frame = tokio::time::timeout_at(next, body.frame())
+            .await
+            .map_err(step("reading the body"))?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| err(&u, format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_BODY {
+                return Err(err(&u, format!("body is over {MAX_BODY} bytes")));
             }
+            out.extend_from_slice(&data);
         }
     }
-    let body = buf.split_off(head_end);
-    if status != 200 {
-        return Err(SwarmError::Http(format!(
-            "GET {url} answered {status_line}"
-        )));
+    if declared.is_some_and(|n| n != out.len() as u64) {
+        return Err(err(
+            &u,
+            format!(
+                "body is {} bytes, Content-Length said {} (connection cut?)",
+                out.len(),
+                declared.unwrap_or(0)
+            ),
+        ));
     }
-    if let Some(cl) = content_length {
-        if body.len() != cl {
-            return Err(SwarmError::Http(format!(
-                "body is {} bytes, Content-Length said {cl} (connection cut?)",
-                body.len()
-            )));
-        }
+    Ok(out)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    Ok(body)
 }
