@@ -12,7 +12,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 
 use super::{Url, MAX_BODY};
@@ -82,17 +84,44 @@ async fn request(
     timeout: Duration,
 ) -> Result<Vec<u8>, SwarmError> {
     let u = Url::parse(url)?;
-    let step = |what: &'static str| {
-        let u = u.clone();
-        move |_| err(&u, format!("timed out after {timeout:?} ({what})"))
-    };
     let started = Instant::now();
     let stream = tokio::time::timeout(timeout, connect(&u, bind_ip))
         .await
-        .map_err(step("connecting"))??;
+        .map_err(timed_out(&u, timeout, "connecting"))??;
+    exchange(stream, &u, body, timeout, started).await
+}
+
+/// A timeout error naming the step.
+fn timed_out(u: &Url, timeout: Duration, what: &'static str) -> impl FnOnce(Elapsed) -> SwarmError {
+    let u = u.clone();
+    move |_| err(&u, format!("timed out after {timeout:?} ({what})"))
+}
+
+/// `GET url` over `io`, an open connection (in fuzz tests an in-memory one).
+#[doc(hidden)]
+pub async fn get_over<IO>(io: IO, url: &str, timeout: Duration) -> Result<Vec<u8>, SwarmError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    exchange(io, &Url::parse(url)?, None, timeout, Instant::now()).await
+}
+
+/// The request and its response over `io`.
+async fn exchange<IO>(
+    io: IO,
+    u: &Url,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+    started: Instant,
+) -> Result<Vec<u8>, SwarmError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let u = u.clone();
+    let step = |what| timed_out(&u, timeout, what);
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
-        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await
         .map_err(|e| err(&u, e))?;
     // The connection is driven beside us; it ends when the response is dropped.
