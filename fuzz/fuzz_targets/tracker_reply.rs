@@ -5,37 +5,9 @@
 //! peer per 6 bytes of the compact list.
 #![no_main]
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use blockswarm_swarm::http;
 use blockswarm_swarm::tracker::parse_reply;
 use libfuzzer_sys::fuzz_target;
-use tokio::io::AsyncWriteExt;
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
-
-/// `response` as a tracker sends it, read by our client (hyper) from an in-memory connection.
-async fn over_the_wire(response: &[u8]) -> Result<Vec<u8>, blockswarm_swarm::SwarmError> {
-    let (client, mut server) = tokio::io::duplex(1 << 16);
-    let response = response.to_vec();
-    tokio::spawn(async move {
-        let _ = server.write_all(&response).await;
-        let _ = server.shutdown().await;
-        // Hold the connection until the client is done with it.
-        let mut sink = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut server, &mut sink).await;
-    });
-    http::get_over(client, "http://tracker/announce", Duration::from_secs(1)).await
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -44,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let body = if mode % 2 == 0 {
         rest.to_vec()
     } else {
-        match rt().block_on(over_the_wire(rest)) {
+        match http::read_response(rest, "http://tracker/announce") {
             Ok(b) => {
                 assert!(b.len() < rest.len());
                 b

@@ -14,7 +14,7 @@ use crate::SwarmError;
 
 mod client;
 mod server;
-pub use client::{get, get_over, post};
+pub use client::{get, post, read_response};
 pub use server::{handle_conn, serve, serve_only};
 
 /// Largest body the client accepts (a manifest of a very fragmented disk is a few tens of MiB).

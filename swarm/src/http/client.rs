@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::error::Elapsed;
 use tokio::time::Instant;
@@ -97,13 +97,26 @@ fn timed_out(u: &Url, timeout: Duration, what: &'static str) -> impl FnOnce(Elap
     move |_| err(&u, format!("timed out after {timeout:?} ({what})"))
 }
 
-/// `GET url` over `io`, an open connection (in fuzz tests an in-memory one).
+/// What our client makes of `response`, the bytes a server sent for `GET url` (read off an
+/// in-memory connection, on a runtime of its own): for fuzz tests of the client.
 #[doc(hidden)]
-pub async fn get_over<IO>(io: IO, url: &str, timeout: Duration) -> Result<Vec<u8>, SwarmError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    exchange(io, &Url::parse(url)?, None, timeout, Instant::now()).await
+pub fn read_response(response: &[u8], url: &str) -> Result<Vec<u8>, SwarmError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let response = response.to_vec();
+        tokio::spawn(async move {
+            let _ = server.write_all(&response).await;
+            let _ = server.shutdown().await;
+            // Held open until the client is done with it.
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+        });
+        let u = Url::parse(url)?;
+        exchange(client, &u, None, Duration::from_secs(1), Instant::now()).await
+    })
 }
 
 /// The request and its response over `io`.
