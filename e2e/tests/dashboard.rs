@@ -19,7 +19,10 @@ fn assert_valid(v: &jsonschema::Validator, status: &serde_json::Value) {
         .iter_errors(status)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
-    assert!(errs.is_empty(), "status does not match the schema: {errs:#?}\n{status:#}");
+    assert!(
+        errs.is_empty(),
+        "status does not match the schema: {errs:#?}\n{status:#}"
+    );
 }
 
 /// Runs headless Chromium on `url` with `extra` arguments (a fresh profile).
@@ -90,7 +93,14 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
     let mut seeder = seeder(
         sip,
         &f.mpath,
-        &["--expect", "3", "--announce-interval", "10", "--report", report.to_str().unwrap()],
+        &[
+            "--expect",
+            "3",
+            "--announce-interval",
+            "10",
+            "--report",
+            report.to_str().unwrap(),
+        ],
         &f.d,
         "seeder",
     );
@@ -101,7 +111,12 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
     random_target(&small, f.m.map.device_size() / 2, 1);
     let mut bad = receiver("127.0.200.4", &url, &small, &[], &f.d, "r4-small");
     wait_all_ok(&mut good, Duration::from_secs(120));
-    assert_eq!(bad.wait(Duration::from_secs(60)), 4, "{}", bad.stderr_text());
+    assert_eq!(
+        bad.wait(Duration::from_secs(60)),
+        4,
+        "{}",
+        bad.stderr_text()
+    );
 
     // The reports are in: 2 done, 1 failed.
     let mut last = None;
@@ -122,7 +137,10 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
         .unwrap();
     assert_eq!(failed["ip"], "127.0.200.4");
     assert_eq!(failed["exit"], 4);
-    assert!(failed["reports"].as_bool().unwrap(), "the failed receiver reported itself");
+    assert!(
+        failed["reports"].as_bool().unwrap(),
+        "the failed receiver reported itself"
+    );
     assert_eq!(failed["target"], small.to_str().unwrap());
     assert!(failed["hostname"].is_string());
 
@@ -134,7 +152,12 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
     let out = chromium(&dash, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&out.stdout).to_string();
     let rs = rows(&dom);
-    assert_eq!(rs.len(), 3, "3 machine rows expected in the DOM:\n{dom}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        rs.len(),
+        3,
+        "3 machine rows expected in the DOM:\n{dom}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done: Vec<_> = rs.iter().filter(|(s, _)| s == "done").collect();
     assert_eq!(done.len(), 2, "{dom}");
     for (_, body) in &done {
@@ -147,13 +170,21 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
         "the failed row lacks the size error: {}",
         failed[0].1
     );
+    assert!(
+        failed[0].1.contains(">0%<"),
+        "a receiver refused at its target check wrote nothing: {}",
+        failed[0].1
+    );
     assert!(dom.contains("127.0.200.4"), "{dom}");
 
     let shot = artefact_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = chromium(
         &dash,
-        &[&format!("--screenshot={}", shot.display()), "--window-size=1280,800"],
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,800",
+        ],
     );
     assert!(
         std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
@@ -162,14 +193,31 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
     );
 
     // --expect 3 reached with one failure: exit 8, and the report lists all three.
-    assert_eq!(seeder.wait(Duration::from_secs(60)), 8, "{}", seeder.stderr_text());
+    assert_eq!(
+        seeder.wait(Duration::from_secs(60)),
+        8,
+        "{}",
+        seeder.stderr_text()
+    );
     let mut res = report_results(&report);
     res.sort();
     assert_eq!(res.len(), 3, "{res:?}");
-    assert_eq!((res[0].0.as_str(), res[0].1.as_str()), ("127.0.200.2", "done"));
-    assert_eq!((res[1].0.as_str(), res[1].1.as_str()), ("127.0.200.3", "done"));
-    assert_eq!((res[2].0.as_str(), res[2].1.as_str()), ("127.0.200.4", "failed"));
-    assert!(res[2].2.contains("smaller than the source needs"), "{res:?}");
+    assert_eq!(
+        (res[0].0.as_str(), res[0].1.as_str()),
+        ("127.0.200.2", "done")
+    );
+    assert_eq!(
+        (res[1].0.as_str(), res[1].1.as_str()),
+        ("127.0.200.3", "done")
+    );
+    assert_eq!(
+        (res[2].0.as_str(), res[2].1.as_str()),
+        ("127.0.200.4", "failed")
+    );
+    assert!(
+        res[2].2.contains("smaller than the source needs"),
+        "{res:?}"
+    );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["image"]["size"], f.m.total_length());
     assert_eq!(r["ended_by"], "expect");
@@ -198,9 +246,9 @@ fn a_receiver_killed_mid_way_is_lost_in_the_report_not_done() {
     };
     assert!(
         wait_until(Duration::from_secs(30), || {
-            status_of(sip)
-                .and_then(|s| machine(&s))
-                .is_some_and(|m| m["bytes_done"].as_u64().unwrap_or(0) > 0 && m["state"] == "downloading")
+            status_of(sip).and_then(|s| machine(&s)).is_some_and(|m| {
+                m["bytes_done"].as_u64().unwrap_or(0) > 0 && m["state"] == "downloading"
+            })
         }),
         "the receiver never showed progress: {:?}",
         status_of(sip)
@@ -219,7 +267,12 @@ fn a_receiver_killed_mid_way_is_lost_in_the_report_not_done() {
         "killed after it had everything: the test did not kill it mid-way"
     );
     signal(&seeder, "TERM");
-    assert_eq!(seeder.wait(Duration::from_secs(20)), 143, "{}", seeder.stderr_text());
+    assert_eq!(
+        seeder.wait(Duration::from_secs(20)),
+        143,
+        "{}",
+        seeder.stderr_text()
+    );
     let res = report_results(&report);
     assert_eq!(res.len(), 1, "{res:?}");
     assert_eq!(res[0].0, "127.0.201.2");

@@ -170,7 +170,10 @@ mod tests {
             m(Shown::Lost, 10, 0.0),
         ];
         let t = totals(&rows, 1.5, Duration::from_secs(3));
-        assert_eq!((t.machines, t.done, t.failed, t.running, t.lost), (5, 1, 1, 2, 1));
+        assert_eq!(
+            (t.machines, t.done, t.failed, t.running, t.lost),
+            (5, 1, 1, 2, 1)
+        );
         assert_eq!(t.swarm_rate, 20.0);
         assert_eq!(t.eta_seconds, Some(5.0));
         let stalled = [m(Shown::Downloading, 50, 0.0)];

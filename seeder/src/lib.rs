@@ -9,9 +9,9 @@ mod app;
 pub mod cli;
 mod dashboard;
 pub mod machines;
-mod report_file;
 pub mod netboot;
 pub mod outcome;
+mod report_file;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};

@@ -125,7 +125,13 @@ impl Machines {
         }
     }
 
-    fn row(&mut self, peer_id: &str, ip: IpAddr, total: u64, now: Duration) -> Option<&mut Machine> {
+    fn row(
+        &mut self,
+        peer_id: &str,
+        ip: IpAddr,
+        total: u64,
+        now: Duration,
+    ) -> Option<&mut Machine> {
         if !self.rows.contains_key(peer_id) {
             if !self.room(now) {
                 return None;
@@ -160,7 +166,11 @@ impl Machines {
     /// Takes a report from `ip`; false if refused (another address owns that peer id, or
     /// the table is full of live machines).
     pub fn report(&mut self, ip: IpAddr, r: MachineReport, now: Duration) -> bool {
-        if self.rows.get(&r.peer_id).is_some_and(|m| m.ip != ip.to_string()) {
+        if self
+            .rows
+            .get(&r.peer_id)
+            .is_some_and(|m| m.ip != ip.to_string())
+        {
             return false;
         }
         let Some(m) = self.row(&r.peer_id, ip, r.total_bytes, now) else {
@@ -202,7 +212,11 @@ impl Machines {
             return;
         };
         m.last_seen = m.last_seen.max(secs(t.seen));
-        m.bytes_done = m.bytes_done.max(t.bytes_done.min(total));
+        // A reporting receiver's own count wins (a failure announce says `left=1` even for
+        // a receiver that never got a byte).
+        if !m.reports {
+            m.bytes_done = m.bytes_done.max(t.bytes_done.min(total));
+        }
         if let Some((exit, error)) = &t.failure {
             if m.state != Shown::Failed {
                 m.state = Shown::Failed;
@@ -234,7 +248,8 @@ impl Machines {
             })
             .collect();
         v.sort_by(|a, b| {
-            (a.ip.parse::<IpAddr>().ok(), &a.peer_id).cmp(&(b.ip.parse::<IpAddr>().ok(), &b.peer_id))
+            (a.ip.parse::<IpAddr>().ok(), &a.peer_id)
+                .cmp(&(b.ip.parse::<IpAddr>().ok(), &b.peer_id))
         });
         v
     }
@@ -285,13 +300,27 @@ mod tests {
         assert!(ms.report(ip(1), rep(1, State::Downloading, 40), t(2)));
         let id = "01".repeat(20);
         ms.tracked(
-            &Tracked { peer_id: id.clone(), ip: ip(1), bytes_done: 50, completed: false, failure: None, seen: t(3) },
+            &Tracked {
+                peer_id: id.clone(),
+                ip: ip(1),
+                bytes_done: 50,
+                completed: false,
+                failure: None,
+                seen: t(3),
+            },
             100,
             t(3),
         );
         // A plain BitTorrent client: a row from the tracker alone.
         ms.tracked(
-            &Tracked { peer_id: "ff".repeat(20), ip: ip(9), bytes_done: 100, completed: true, failure: None, seen: t(3) },
+            &Tracked {
+                peer_id: "ff".repeat(20),
+                ip: ip(9),
+                bytes_done: 100,
+                completed: true,
+                failure: None,
+                seen: t(3),
+            },
             100,
             t(3),
         );
@@ -299,7 +328,10 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].peer_id, id);
         assert_eq!(rows[0].state, Shown::Downloading);
-        assert_eq!(rows[0].bytes_done, 50);
+        assert_eq!(
+            rows[0].bytes_done, 40,
+            "its own report counts, not the tracker's"
+        );
         assert_eq!(rows[0].hostname.as_deref(), Some("pc1"));
         assert_eq!(rows[0].first_seen, 1.0);
         assert_eq!(rows[0].last_seen, 3.0);
@@ -309,27 +341,61 @@ mod tests {
         assert!(ms.report(ip(1), rep(1, State::Done, 100), t(5)));
         assert!(ms.report(ip(1), rep(1, State::Downloading, 60), t(6)));
         let r = &ms.rows(t(6))[0];
-        assert_eq!((r.state, r.bytes_done, r.ended), (Shown::Done, 100, Some(5.0)));
+        assert_eq!(
+            (r.state, r.bytes_done, r.ended),
+            (Shown::Done, 100, Some(5.0))
+        );
     }
 
     #[test]
     fn failures_from_either_side() {
         let mut ms = Machines::default();
         ms.report(ip(2), rep(2, State::Failed, 0), t(1));
+        // Its failure announce (left=1) does not make it look 99% done.
+        ms.tracked(
+            &Tracked {
+                peer_id: "02".repeat(20),
+                ip: ip(2),
+                bytes_done: 99,
+                completed: false,
+                failure: Some((4, "target too small".into())),
+                seen: t(1),
+            },
+            100,
+            t(1),
+        );
         let r = &ms.rows(t(100))[0];
+        assert_eq!(r.bytes_done, 0);
         assert_eq!(r.state, Shown::Failed, "failed is never lost");
         assert_eq!(r.error.as_deref(), Some("target too small"));
         assert_eq!(r.exit, Some(4));
         ms.tracked(
-            &Tracked { peer_id: "03".repeat(20), ip: ip(3), bytes_done: 10, completed: false, failure: Some((1, "write error".into())), seen: t(2) },
+            &Tracked {
+                peer_id: "03".repeat(20),
+                ip: ip(3),
+                bytes_done: 10,
+                completed: false,
+                failure: Some((1, "write error".into())),
+                seen: t(2),
+            },
             100,
             t(2),
         );
         let r = &ms.rows(t(2))[1];
-        assert_eq!((r.state, r.exit, r.error.as_deref()), (Shown::Failed, Some(1), Some("write error")));
+        assert_eq!(
+            (r.state, r.exit, r.error.as_deref()),
+            (Shown::Failed, Some(1), Some("write error"))
+        );
         // A completed announce does not turn a failure into done.
         ms.tracked(
-            &Tracked { peer_id: "03".repeat(20), ip: ip(3), bytes_done: 100, completed: true, failure: Some((1, "write error".into())), seen: t(3) },
+            &Tracked {
+                peer_id: "03".repeat(20),
+                ip: ip(3),
+                bytes_done: 100,
+                completed: true,
+                failure: Some((1, "write error".into())),
+                seen: t(3),
+            },
             100,
             t(3),
         );
@@ -345,7 +411,14 @@ mod tests {
         assert_eq!((lost.state, lost.rate), (Shown::Lost, 0.0));
         // An announce counts as a sign of life; so does a new report.
         ms.tracked(
-            &Tracked { peer_id: "01".repeat(20), ip: ip(1), bytes_done: 10, completed: false, failure: None, seen: t(30) },
+            &Tracked {
+                peer_id: "01".repeat(20),
+                ip: ip(1),
+                bytes_done: 10,
+                completed: false,
+                failure: None,
+                seen: t(30),
+            },
             100,
             t(30),
         );
@@ -357,12 +430,18 @@ mod tests {
     fn bounded_and_owned_by_one_address() {
         let mut ms = Machines::default();
         assert!(ms.report(ip(1), rep(1, State::Downloading, 10), t(1)));
-        assert!(!ms.report(ip(2), rep(1, State::Failed, 0), t(1)), "another address");
+        assert!(
+            !ms.report(ip(2), rep(1, State::Failed, 0), t(1)),
+            "another address"
+        );
         let mut r = rep(7, State::Failed, 0);
         r.error = Some("x".repeat(500));
         let r = MachineReport::parse(&r.to_json()).unwrap();
         ms.report(ip(7), r, t(1));
-        assert!(ms.rows(t(1)).iter().all(|m| m.error.as_ref().is_none_or(|e| e.len() <= 200)));
+        assert!(ms
+            .rows(t(1))
+            .iter()
+            .all(|m| m.error.as_ref().is_none_or(|e| e.len() <= 200)));
         let mut ms = Machines::default();
         for i in 0..MAX_MACHINES {
             let mut r = rep(0, State::Downloading, 0);
@@ -371,7 +450,10 @@ mod tests {
         }
         let mut extra = rep(0, State::Downloading, 0);
         extra.peer_id = "e".repeat(40);
-        assert!(!ms.report(ip(1), extra.clone(), t(2)), "full of live machines");
+        assert!(
+            !ms.report(ip(1), extra.clone(), t(2)),
+            "full of live machines"
+        );
         assert_eq!(ms.len(), MAX_MACHINES);
         // Once some are lost (silent > 15 s), a newcomer takes the place of one.
         assert!(ms.report(ip(1), extra, t(20)));

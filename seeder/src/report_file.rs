@@ -48,7 +48,9 @@ pub struct Report {
 }
 
 fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// The entries for `rows`, the seeder having started at `started` and stopping `now`
@@ -68,7 +70,11 @@ pub fn entries(rows: &[Machine], started: SystemTime, now: Duration) -> Vec<Entr
                 start: base + m.first_seen,
                 end: end.map(|e| base + e),
                 bytes_done: m.bytes_done,
-                average_rate: if span > 0.0 { m.bytes_done as f64 / span } else { 0.0 },
+                average_rate: if span > 0.0 {
+                    m.bytes_done as f64 / span
+                } else {
+                    0.0
+                },
                 result: match m.state {
                     Shown::Done => "done",
                     Shown::Failed => "failed",
@@ -92,7 +98,8 @@ pub fn write(path: &Path, r: &Report) -> std::io::Result<()> {
         for e in &r.machines {
             w.serialize(e).map_err(std::io::Error::other)?;
         }
-        w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?
+        w.into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
     } else {
         serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?
     };
@@ -170,8 +177,16 @@ mod tests {
 
     #[test]
     fn results_rates_and_both_formats() {
-        let rows = [row(Shown::Done, Some(12.0)), row(Shown::Downloading, None), row(Shown::Lost, None)];
-        let e = entries(&rows, UNIX_EPOCH + Duration::from_secs(1000), Duration::from_secs(52));
+        let rows = [
+            row(Shown::Done, Some(12.0)),
+            row(Shown::Downloading, None),
+            row(Shown::Lost, None),
+        ];
+        let e = entries(
+            &rows,
+            UNIX_EPOCH + Duration::from_secs(1000),
+            Duration::from_secs(52),
+        );
         assert_eq!(e[0].result, "done");
         assert_eq!(e[0].start, 1002.0);
         assert_eq!(e[0].end, Some(1012.0));
@@ -181,7 +196,11 @@ mod tests {
         assert_eq!(e[2].result, "lost");
         let r = Report {
             report_version: 1,
-            image: Image { name: "x".into(), info_hash: "ab".into(), size: 100 },
+            image: Image {
+                name: "x".into(),
+                info_hash: "ab".into(),
+                size: 100,
+            },
             ended_by: "expect",
             machines: e,
         };
@@ -197,6 +216,10 @@ mod tests {
         assert_eq!(lines.len(), 4, "{c}");
         assert!(lines[0].starts_with("peer_id,ip,hostname"), "{c}");
         assert!(lines[1].contains("\"pc, \"\"one\"\"\""), "{c}");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2, "no temporary left");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "no temporary left"
+        );
     }
 }
