@@ -89,7 +89,8 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
     let f = ext4_fixture(1501, 32, 6);
     let sip = "127.0.200.1";
     let report = f.d.join("R.json");
-    // Announce interval 10: the seeder stays up 21 s after the last receiver, for the page.
+    // Announce interval 20: the seeder stays up 41 s after the last receiver, time enough
+    // for Chromium on a loaded machine.
     let mut seeder = seeder(
         sip,
         &f.mpath,
@@ -97,7 +98,7 @@ fn dashboard_shows_two_done_and_one_failed_and_the_report_lists_them() {
             "--expect",
             "3",
             "--announce-interval",
-            "10",
+            "20",
             "--report",
             report.to_str().unwrap(),
         ],
