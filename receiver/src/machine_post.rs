@@ -224,3 +224,24 @@ fn mac_towards(manifest: &str, bind_ip: Option<IpAddr>) -> Option<String> {
         .find(|i| i.ip() == local)?;
     read_trim(format!("/sys/class/net/{}/address", iface.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_target_has_no_model_or_serial_and_loopback_has_a_mac() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(sys_ids(f.path()), (None, None));
+        assert_eq!(sys_ids(Path::new("/nonexistent/x")), (None, None));
+        // The kernel always has a hostname; loopback's MAC is all zeroes.
+        assert!(hostname().is_some());
+        assert_eq!(
+            mac_towards("http://127.0.0.1:6880/t/x/m.torrent", None).as_deref(),
+            Some("00:00:00:00:00:00")
+        );
+        assert_eq!(mac_towards("/a/file.torrent", None), None);
+        // A file manifest has no seeder to report to.
+        assert!(report_url("/a/file.torrent").is_none());
+    }
+}
