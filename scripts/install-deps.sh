@@ -22,6 +22,7 @@ pkgs=(
   dnsmasq-base                        # netboot: proxy DHCP + TFTP (seeder --print-dnsmasq-conf); no service
   fuse3                               # e2e integrity.rs: fusermount3 for the eio_fs helper (a file with an EIO block)
   udpcast zstd debootstrap jq procps  # bench/lan.sh (not CI): udpcast(+zstd) baselines, --image debian
+  chromium                            # e2e dashboard.rs: headless Chromium renders the seeder's dashboard
 )
 # The boot test (e2e/tests/boot.rs) runs QEMU (TCG) with SeaBIOS; installed without Recommends
 # (no GUI). bookworm's QEMU 7.2 cannot sit beside a qemu-utils from bookworm-backports (10.x

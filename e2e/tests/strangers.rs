@@ -216,7 +216,9 @@ fn outside_allow_nothing_inside_only_with_the_token() {
         path(&wrong),
         "/status".into(),
         "/announce".into(),
-        "/".into(),
+        "/report".into(),
+        "/t/ffffffffffffffffffffffffffffffff/report".into(),
+        "/t/ffffffffffffffffffffffffffffffff/".into(),
     ] {
         assert_eq!(
             http_status(inside, seeder_ip, &p),
@@ -224,6 +226,8 @@ fn outside_allow_nothing_inside_only_with_the_token() {
             "{p} from {inside}"
         );
     }
+    // `/` only says where the dashboard is (the status names machines: behind the token).
+    assert_eq!(http_status(inside, seeder_ip, "/"), Some(200));
     let bare_announce = format!("http://{seeder_ip}:6880/announce");
     assert!(announce_from(inside, &bare_announce, &f.ih, &[3u8; 20]).is_none());
     let wrong_q = format!("{bare_announce}?token=ffffffffffffffffffffffffffffffff");

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod flush;
+mod machine_post;
 mod report;
 mod settings;
 mod stall;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use blockswarm_manifest::Manifest;
 use blockswarm_swarm::gate::PeerGate;
+use blockswarm_swarm::machine_report::State;
 use blockswarm_swarm::tracker::{self, Announce};
 use blockswarm_swarm::{
     http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
@@ -108,14 +110,28 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     if let Err(e) = &res {
         ctx.send(e).await;
     }
+    // The dashboard's last word (bounded wait), beside the failure announce.
+    if let Some(m) = ctx.machine.get() {
+        m.finish(res.as_ref().err().map(|e| (e.exit_code(), e.to_string())))
+            .await;
+    }
     res
 }
 
 async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), ReceiverError> {
     let s = Settings::resolve(&cli)?;
     let bind_ip = (!s.listen.ip().is_unspecified()).then_some(s.listen.ip());
+    let peer_id = new_peer_id();
+    // Reported at once: the seeder's dashboard shows us before the manifest is in.
+    let machine = report_to.start_machine(&s.manifest, bind_ip, peer_id);
+    let state = |st| {
+        if let Some(m) = &machine {
+            m.state(st)
+        }
+    };
 
     let (bytes, source_may_be_local) = fetch_manifest(&s, bind_ip).await?;
+    state(State::CheckingTarget);
     let decoded = Manifest::decode(&bytes)
         .map_err(|e| ReceiverError::BadManifest(format!("invalid manifest: {e}")))?;
     drop(bytes); // a fragmented map makes it megabytes; the decoded form is all we need
@@ -141,7 +157,6 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         .as_deref()
         .map(Path::new)
         .filter(|p| source_may_be_local && p.exists());
-    let peer_id = new_peer_id();
     if let Some(url) = &announce_url {
         report_to.set(report::Dest {
             url: url.clone(),
@@ -152,6 +167,9 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         });
     }
     let target_path = target::resolve(&s, &m, source)?;
+    if let Some(r) = &machine {
+        r.target(&target_path, m.total_length());
+    }
     let file = target::open(&target_path, &m, source)?;
     let finish_file = file
         .try_clone()
@@ -200,6 +218,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     )
     .map_err(|e| ReceiverError::Failure(e.to_string()))?;
     report_to.set_swarm(swarm.clone());
+    state(State::Downloading);
     info!(target = %target_path.display(), pieces = n, "receiver started");
 
     // Resume: pieces already correct on the target count as done. Runs beside the download.
@@ -360,6 +379,9 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         }
         let st = swarm.stats();
         pb.set_position(st.bytes_have);
+        if let Some(r) = &machine {
+            r.progress(st.bytes_have);
+        }
         pb.set_message(format!("{} peers", st.peers.len()));
         if st.pieces_have == st.pieces_total {
             break;
@@ -416,6 +438,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     );
 
     if let Some(task) = verifier {
+        state(State::Verifying);
         verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let bad = async {
             let mut v = task.await??;
@@ -445,6 +468,10 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     }
 
     durable.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(r) = &machine {
+        r.progress(m.total_length());
+    }
+    state(State::Seeding);
     let durable_at = Instant::now();
 
     // Seed until the seeder says the swarm is done, the seed time runs out, or the seeder is

@@ -3,7 +3,7 @@
 //! `blockswarm_swarm::failure_report`), waiting at most [`REPORT_WAIT`] for the reply.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blockswarm_swarm::failure_report::FailureReport;
@@ -11,6 +11,7 @@ use blockswarm_swarm::tracker::{self, Announce};
 use blockswarm_swarm::Swarm;
 use tracing::{debug, info};
 
+use crate::machine_post::Reporter;
 use crate::ReceiverError;
 
 /// Longest wait for the tracker to take the report; then the receiver exits anyway.
@@ -31,6 +32,8 @@ pub(crate) struct Dest {
 pub(crate) struct ReportTo {
     dest: Mutex<Option<Dest>>,
     swarm: Mutex<Option<Swarm>>,
+    /// The dashboard reporter (`machine_post`), when the manifest came from a seeder.
+    pub(crate) machine: std::sync::OnceLock<Arc<Reporter>>,
 }
 
 /// True if a failure with this error is worth reporting: not when the seeder was never
@@ -48,6 +51,18 @@ impl ReportTo {
         if let Some(d) = self.dest.lock().expect("report lock").as_mut() {
             d.port = port;
         }
+    }
+
+    /// Starts the dashboard reporter (see `machine_post`); `None` for a file manifest.
+    pub(crate) fn start_machine(
+        &self,
+        manifest: &str,
+        bind_ip: Option<IpAddr>,
+        peer_id: [u8; 20],
+    ) -> Option<Arc<Reporter>> {
+        let r = Reporter::start(manifest, bind_ip, peer_id)?;
+        let _ = self.machine.set(r.clone());
+        Some(r)
     }
 
     pub(crate) fn set_swarm(&self, s: Swarm) {

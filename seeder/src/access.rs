@@ -190,7 +190,12 @@ pub enum Route {
     Manifest,
     Announce,
     Status,
+    /// `/t/TOKEN/`: the dashboard.
     Index,
+    /// `POST /t/TOKEN/report`: a receiver's report for the dashboard.
+    Report,
+    /// `/` without a token: a page saying where the dashboard is.
+    Root,
     /// A known path without the token, or with a wrong one: 403.
     Forbidden,
     NotFound,
@@ -218,6 +223,7 @@ pub fn route(path: &str, query_token: Option<&[u8]>, token: &Token, name: &str) 
     let known = |rest: &str| match rest {
         "announce" => Some(Route::Announce),
         "status" => Some(Route::Status),
+        "report" => Some(Route::Report),
         "" => Some(Route::Index),
         r if r == torrent || r == "manifest.torrent" => Some(Route::Manifest),
         _ => None,
@@ -228,6 +234,9 @@ pub fn route(path: &str, query_token: Option<&[u8]>, token: &Token, name: &str) 
             return Route::Forbidden;
         }
         return known(rest).unwrap_or(Route::NotFound);
+    }
+    if path == "/" {
+        return Route::Root;
     }
     match known(path.strip_prefix('/').unwrap_or(path)) {
         Some(_) => Route::Forbidden,
@@ -268,6 +277,9 @@ mod tests {
         assert_eq!(r(&format!("{good}/manifest.torrent")), Route::Manifest);
         assert_eq!(r(&format!("{good}/announce")), Route::Announce);
         assert_eq!(r(&format!("{good}/status")), Route::Status);
+        assert_eq!(r(&format!("{good}/report")), Route::Report);
+        assert_eq!(r("/"), Route::Root);
+        assert_eq!(r("/report"), Route::Forbidden);
         assert_eq!(r(&format!("{good}/")), Route::Index);
         assert_eq!(r(good), Route::Index);
         assert_eq!(r(&format!("{good}/other")), Route::NotFound);
@@ -280,7 +292,6 @@ mod tests {
             "/manifest.torrent",
             "/announce",
             "/status",
-            "/",
             "/t/00112233445566778899aabbccddeef0/sda1.packed.torrent",
             "/t//announce",
             "/t/announce",

@@ -13,6 +13,8 @@ use crate::{access, outcome};
 
 #[derive(Serialize)]
 struct Status<'a> {
+    /// docs/status.schema.json
+    schema_version: u32,
     name: &'a str,
     info_hash: String,
     total_bytes: u64,
@@ -29,6 +31,9 @@ struct Status<'a> {
     receivers: Vec<ReceiverStatus>,
     /// Receivers that reported a failure (and were not started again since).
     failed: Vec<FailedStatus>,
+    /// The dashboard's rows (reports merged with the tracker) and their totals.
+    machines: Vec<crate::machines::Machine>,
+    totals: crate::dashboard::Totals,
 }
 
 #[derive(Serialize)]
@@ -72,6 +77,9 @@ pub(crate) struct App {
     pub(crate) expect: Option<u64>,
     /// Peer ids seen in a BitTorrent handshake with us: what `--expect` may count.
     pub(crate) seen: std::sync::Mutex<std::collections::HashMap<String, SeenPeer>>,
+    /// The dashboard's machine table (dashboard.rs).
+    pub(crate) machines: std::sync::Mutex<crate::machines::Machines>,
+    pub(crate) started: std::time::Instant,
 }
 
 /// What our own connections showed of a peer id (kept after it disconnects).
@@ -144,6 +152,22 @@ impl App {
     /// was seen in a handshake with us from the address it announced from, and it received
     /// data from us or holds every piece. (`curl .../announce?left=0` completes nobody.)
     fn counts(&self) -> (usize, usize) {
+        let (done, pending) = self.count_sets();
+        (done.len(), pending.len())
+    }
+
+    /// Peer ids counted complete (see [`App::counts`]).
+    pub(crate) fn completed_ids(&self) -> std::collections::HashSet<String> {
+        self.count_sets().0
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn count_sets(
+        &self,
+    ) -> (
+        std::collections::HashSet<String>,
+        std::collections::HashSet<String>,
+    ) {
         let stats = self.swarm.stats();
         let mut seen = self.seen.lock().expect("seen lock");
         for p in &stats.peers {
@@ -191,7 +215,7 @@ impl App {
             pending.remove(&r.peer_id);
         }
         pending.retain(|id| !done.contains(id));
-        (done.len(), pending.len())
+        (done, pending)
     }
 
     pub(crate) fn status_json(&self) -> Vec<u8> {
@@ -199,7 +223,12 @@ impl App {
         let stats = self.swarm.stats();
         let uploaded = stats.uploaded;
         let progress = self.progress();
+        let machines = self.machine_rows();
+        let totals = self.totals(&machines);
         let s = Status {
+            schema_version: crate::dashboard::SCHEMA_VERSION,
+            machines,
+            totals,
             name: &self.name,
             info_hash: hex::encode(self.info_hash),
             total_bytes: self.total,
@@ -234,13 +263,14 @@ impl App {
                 Response::ok("application/x-bittorrent", self.served_manifest.clone())
             }
             Route::Index => Response::ok(
-                "text/plain",
-                format!(
-                    "blockswarm seeder: GET /t/TOKEN/{}.torrent, /t/TOKEN/announce, /t/TOKEN/status\n",
-                    self.name
-                )
-                .into_bytes(),
+                "text/html; charset=utf-8",
+                crate::dashboard::PAGE.as_bytes().to_vec(),
             ),
+            Route::Report if r.method == blockswarm_swarm::http::Method::Post => {
+                self.take_report(r)
+            }
+            Route::Report => Response::not_found(),
+            Route::Root => Self::root_page(),
             Route::Forbidden => Response::forbidden(
                 "this seeder needs its deployment token: use the URL it printed (http://HOST:PORT/t/TOKEN/...)",
             ),

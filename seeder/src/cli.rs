@@ -89,6 +89,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=MAX_ANNOUNCE_INTERVAL_S))]
     pub announce_interval: u64,
 
+    /// At exit (--expect's end, an error, SIGINT/SIGTERM) write what happened to each
+    /// machine to FILE: CSV if it ends in .csv, else JSON.
+    #[arg(long, env = "SEEDER_REPORT", value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
     /// No progress bar.
     #[arg(short, long, env = "SEEDER_QUIET")]
     pub quiet: bool,

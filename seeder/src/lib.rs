@@ -7,8 +7,11 @@
 pub mod access;
 mod app;
 pub mod cli;
+mod dashboard;
+pub mod machines;
 pub mod netboot;
 pub mod outcome;
+mod report_file;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};
@@ -43,6 +46,9 @@ pub enum SeederError {
     ReceiversFailed(String),
     #[error("{0}")]
     SourceChanged(String),
+    /// Stopped by this signal (SIGINT, SIGTERM): exit 128 + its number.
+    #[error("stopped by signal {0}")]
+    Interrupted(i32),
 }
 
 impl SeederError {
@@ -53,6 +59,7 @@ impl SeederError {
             SeederError::Failure(_) => exit::FAILURE,
             SeederError::ReceiversFailed(_) => exit::RECEIVERS_FAILED,
             SeederError::SourceChanged(_) => exit::SOURCE_CHANGED,
+            SeederError::Interrupted(sig) => 128 + sig,
         }
     }
 }
@@ -184,8 +191,30 @@ fn advertise_ip(cli: &Cli) -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-/// Runs the seeder until done (with `--expect`) or killed.
+/// Runs the seeder until done (with `--expect`), an error, or SIGINT/SIGTERM (exit 130 /
+/// 143); then writes the `--report` file, if asked for.
 pub async fn run(cli: Cli) -> Result<(), SeederError> {
+    let slot = std::sync::OnceLock::new();
+    let report = cli.report.clone();
+    let res = tokio::select! {
+        r = serve(cli, &slot) => r,
+        sig = report_file::signalled() => Err(SeederError::Interrupted(sig)),
+    };
+    if let (Some(path), Some(app)) = (report, slot.get()) {
+        let by = match &res {
+            Ok(()) | Err(SeederError::ReceiversFailed(_)) => "expect",
+            Err(SeederError::Interrupted(_)) => "signal",
+            Err(_) => "error",
+        };
+        match app.write_report(&path, by) {
+            Ok(()) => eprintln!("seeder: report written to {}", path.display()),
+            Err(e) => eprintln!("seeder: cannot write the report {}: {e}", path.display()),
+        }
+    }
+    res
+}
+
+async fn serve(cli: Cli, slot: &std::sync::OnceLock<Arc<App>>) -> Result<(), SeederError> {
     if cli.netboot.print_dnsmasq_conf {
         return netboot::print_dnsmasq_conf(&cli.netboot, advertise_ip(&cli)).map_err(bad);
     }
@@ -258,7 +287,10 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         seeder_id: peer_id,
         expect: cli.expect,
         seen: Default::default(),
+        machines: Default::default(),
+        started: Instant::now(),
     });
+    let _ = slot.set(app.clone());
     let handler_app = app.clone();
     tokio::spawn(http::serve_only(
         web,
@@ -294,6 +326,7 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
         "seeder: on each target run:  receiver --manifest {manifest_url} --info-hash {ih_hex} --target {target_hint}"
     );
     eprintln!("seeder: serving clients in {allow} only (--allow)");
+    eprintln!("seeder: dashboard: {base_t}/");
     if let Some(dir) = &cli.netboot.netboot {
         let url = netboot::start(&cli.netboot, dir, ip, &manifest_url, &ih_hex, allow.clone())
             .await
