@@ -66,7 +66,10 @@ fn receiver_and_seeder_print_progress_lines_to_a_file() {
         .into_iter()
         .filter(|l| l.starts_with("receiver: progress downloading "))
         .collect();
-    assert!(lines.len() >= 2, "fewer than 2 progress lines before completion:\n{err}");
+    assert!(
+        lines.len() >= 2,
+        "fewer than 2 progress lines before completion:\n{err}"
+    );
     // The percentage grows, and a line carries the rate and the peers.
     let pct = |l: &str| -> f64 {
         l.split_whitespace()
@@ -77,14 +80,19 @@ fn receiver_and_seeder_print_progress_lines_to_a_file() {
             .unwrap()
     };
     assert!(pct(lines[0]) < pct(lines[lines.len() - 1]), "{lines:?}");
-    assert!(lines.iter().all(|l| l.contains(" MiB/s ETA ") && l.contains(" peers ")));
+    assert!(lines
+        .iter()
+        .all(|l| l.contains(" MiB/s ETA ") && l.contains(" peers ")));
     assert_eq!(s.wait(T), 0, "seeder:\n{}", s.stderr_text());
     let serr = s.stderr_text();
     let slines: Vec<&str> = serr
         .lines()
         .filter(|l| l.starts_with("seeder: progress machines done "))
         .collect();
-    assert!(slines.len() >= 2, "seeder printed no progress lines:\n{serr}");
+    assert!(
+        slines.len() >= 2,
+        "seeder printed no progress lines:\n{serr}"
+    );
     assert!(
         slines.iter().any(|l| l.contains("machines done 0/1 ")),
         "{slines:?}"
