@@ -18,19 +18,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .unwrap_or(lower.len());
     let (num, unit) = lower.split_at(num_end);
     let unit = unit.trim();
-    let iec = match unit {
-        "" | "b" => "B",
-        "k" | "kb" | "kib" => "KiB",
-        "m" | "mb" | "mib" => "MiB",
-        "g" | "gb" | "gib" => "GiB",
-        "t" | "tb" | "tib" => "TiB",
+    let (iec, mult) = match unit {
+        "" | "b" => ("B", 1u64),
+        "k" | "kb" | "kib" => ("KiB", 1 << 10),
+        "m" | "mb" | "mib" => ("MiB", 1 << 20),
+        "g" | "gb" | "gib" => ("GiB", 1 << 30),
+        "t" | "tb" | "tib" => ("TiB", 1 << 40),
         _ => return Err(bad()),
     };
     if num.is_empty() || num.parse::<f64>().is_err() {
         return Err(bad());
     }
     let v: f64 = num.parse().map_err(|_| bad())?;
-    if v > 1e15 {
+    if v * mult as f64 >= u64::MAX as f64 / 2.0 {
         return Err(format!("size out of range: {s:?}"));
     }
     let b: bytesize::ByteSize = format!("{num} {iec}").parse().map_err(|_| bad())?;
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn sizes_refused() {
         for bad in [
-            "0", "0M", "fast", "0.5", "nan", "inf", "1e30G", "-1", "M", "", "12X", "1.2.3M",
+            "0", "0M", "fast", "0.5", "nan", "inf", "1e30G", "20000000T", "99999999999999999999", "-1", "M", "", "12X", "1.2.3M",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
