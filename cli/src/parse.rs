@@ -84,7 +84,20 @@ mod tests {
     #[test]
     fn sizes_refused() {
         for bad in [
-            "0", "0M", "fast", "0.5", "nan", "inf", "1e30G", "20000000T", "99999999999999999999", "-1", "M", "", "12X", "1.2.3M",
+            "0",
+            "0M",
+            "fast",
+            "0.5",
+            "nan",
+            "inf",
+            "1e30G",
+            "20000000T",
+            "99999999999999999999",
+            "-1",
+            "M",
+            "",
+            "12X",
+            "1.2.3M",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
