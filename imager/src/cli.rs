@@ -9,18 +9,8 @@ fn parse_piece_size(s: &str) -> Result<u32, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(0);
     }
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = t.strip_suffix("mib").or(t.strip_suffix('m')) {
-        (n, 1u64 << 20)
-    } else if let Some(n) = t.strip_suffix("kib").or(t.strip_suffix('k')) {
-        (n, 1 << 10)
-    } else {
-        (t.as_str(), 1)
-    };
-    let n: u64 = num
-        .parse()
+    let v = blockswarm_cli::parse_size(s)
         .map_err(|_| format!("not a size: {s:?} (examples: 4M, 1024K, 262144)"))?;
-    let v = n * mult;
     let (lo, hi) = (
         blockswarm_manifest::MIN_PIECE_LENGTH as u64,
         blockswarm_manifest::MAX_PIECE_LENGTH as u64,
@@ -38,7 +28,8 @@ fn parse_piece_size(s: &str) -> Result<u32, String> {
 ///
 /// Typical use: `imager /dev/sda1 | seeder`.
 #[derive(Debug, Parser)]
-#[command(name = "imager", version, about, long_about = None)]
+#[command(name = "imager", version, about, long_about = None,
+          after_long_help = blockswarm_cli::exit_codes_help())]
 pub struct Cli {
     /// What to image: a whole disk (/dev/sda, /dev/nvme0n1 or a disk image file with a GPT or
     /// MBR partition table: every partition in one manifest) or one partition (/dev/sda1 or a

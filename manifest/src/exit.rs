@@ -25,3 +25,39 @@ pub const RECEIVERS_FAILED: i32 = 8;
 /// The seeder stopped: a piece read from its source did not match the manifest's SHA-1 when
 /// first served (the source changed since imaging, or a wrong `--source`/`--image`).
 pub const SOURCE_CHANGED: i32 = 9;
+
+/// Every exit code with its one-line meaning, in order: the one table the programs' `--help`
+/// and man pages list (blockswarm-cli's `exit_codes_help`).
+pub const MEANINGS: &[(i32, &str)] = &[
+    (OK, "Success: the job is done and verified"),
+    (FAILURE, "Runtime failure (I/O error, internal error)"),
+    (USAGE, "Bad command line or config file"),
+    (
+        BAD_INPUT,
+        "Bad input: source not the filesystem said, truncated or unreadable; malformed or wrong manifest; nothing written",
+    ),
+    (
+        BAD_TARGET,
+        "Bad target: too small, mounted, the source itself, not a device or file; nothing written",
+    ),
+    (
+        REFUSED,
+        "Refused for safety: source mounted read-write, filesystem check failed, binary output to a terminal",
+    ),
+    (
+        UNREACHABLE,
+        "Seeder or manifest URL unreachable after --retry-for; nothing written",
+    ),
+    (
+        VERIFY_FAILED,
+        "Verification failed (--verify), or the download gave up (--stall-timeout)",
+    ),
+    (
+        RECEIVERS_FAILED,
+        "seeder --expect N: N receivers accounted for, some failed",
+    ),
+    (
+        SOURCE_CHANGED,
+        "seeder: a piece of the source does not match the manifest (source changed, wrong --source)",
+    ),
+];

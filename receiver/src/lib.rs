@@ -10,9 +10,9 @@ mod report;
 mod settings;
 mod stall;
 mod target;
+mod terminal;
 mod verify;
 
-use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use blockswarm_swarm::tracker::{self, Announce};
 use blockswarm_swarm::{
     http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info, warn};
 
 pub use settings::{parse_duration, Cli, ReceiverError, Settings};
@@ -357,19 +356,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         });
     }
 
-    let pb = if s.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(m.total_length());
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        pb
-    };
+    let mut pb = terminal::Terminal::new(&s, m.total_length());
     let started = Instant::now();
     let mut stall = s.stall_timeout.map(|t| StallWatch::new(t, started));
     let mut contact = false;
@@ -378,11 +365,10 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
             return Err(ReceiverError::Failure(e.to_string()));
         }
         let st = swarm.stats();
-        pb.set_position(st.bytes_have);
+        pb.update(&st);
         if let Some(r) = &machine {
             r.progress(st.bytes_have);
         }
-        pb.set_message(format!("{} peers", st.peers.len()));
         if st.pieces_have == st.pieces_total {
             break;
         }
@@ -393,7 +379,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
             .as_mut()
             .and_then(|w| w.check(Instant::now(), contact, st.pieces_have, &st.peers))
         {
-            pb.finish_and_clear();
+            pb.finish();
             let have = swarm.have_bits();
             let missing: Vec<u32> = (0..have.len() as u32)
                 .filter(|&i| !have[i as usize])
@@ -422,9 +408,10 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                 announce_url.as_deref().unwrap_or("no tracker")
             )));
         }
-        swarm.changed().await;
+        // A line is due every --progress-interval even while no piece arrives.
+        let _ = tokio::time::timeout(Duration::from_secs(1), swarm.changed()).await;
     }
-    pb.finish_and_clear();
+    pb.finish();
     storage
         .sync()
         .map_err(|e| ReceiverError::Failure(format!("flushing target: {e}")))?;

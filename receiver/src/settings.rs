@@ -9,22 +9,35 @@ use blockswarm_manifest::exit;
 use clap::Parser;
 
 /// Parses durations like `90s`, `10m`, `1h`, `0` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.chars().last() {
-        Some('s') => (&t[..t.len() - 1], 1.0),
-        Some('m') => (&t[..t.len() - 1], 60.0),
-        Some('h') => (&t[..t.len() - 1], 3600.0),
-        _ => (t.as_str(), 1.0),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (examples: 90s, 10m, 1h)"))?;
-    if !(0.0..=1e9).contains(&v) {
-        return Err(format!("duration out of range: {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
+pub use blockswarm_cli::parse_duration;
+use blockswarm_cli::ProgressMode;
+
+/// Every key of the `--config` file with an example value: the one list the option's help
+/// shows (and a test feeds each to the parser).
+pub const CONFIG_KEYS: &[(&str, &str)] = &[
+    ("MANIFEST", "http://10.0.0.1:6880/t/TOKEN/sda1.torrent"),
+    ("INFO_HASH", "00112233445566778899aabbccddeeff00112233"),
+    ("TARGET", "/dev/sda1"),
+    ("AUTO_FROM", "/dev/sda,/dev/nvme0n1"),
+    ("LISTEN", "0.0.0.0:6881"),
+    ("SEED_AFTER", "30m"),
+    ("VERIFY", "yes"),
+    ("RESUME", "no"),
+    ("TRACKER", "http://10.0.0.1:6880/announce"),
+    ("PEERS", "10.0.0.2:6881,10.0.0.3:6881"),
+    ("RETRY_FOR", "60s"),
+    ("STALL_TIMEOUT", "120s"),
+    ("PROGRESS", "lines"),
+    ("PROGRESS_INTERVAL", "5s"),
+];
+
+/// The help of `--config`, listing [`CONFIG_KEYS`].
+fn config_help() -> String {
+    let keys: Vec<String> = CONFIG_KEYS.iter().map(|(k, _)| format!("{k}=")).collect();
+    format!(
+        "KEY=VALUE settings file ({}), as a rescue/PXE system would pass them. The command line wins.",
+        keys.join(", ")
+    )
 }
 
 /// Parses an infohash: 40 hex digits.
@@ -36,13 +49,9 @@ pub fn parse_info_hash(s: &str) -> Result<[u8; 20], String> {
 }
 
 /// Receives a blockswarm deployment onto a target device.
-///
-/// Exit codes: 0 done and verified; 1 runtime failure; 2 usage; 3 bad manifest; 4 bad target
-/// (too small, mounted, the source, in use, missing); 6 seeder unreachable; 7 verification
-/// failed or download gave up (--stall-timeout). On codes 2, 3, 4 and 6 nothing has been
-/// written to the target.
 #[derive(Debug, Parser, Default)]
-#[command(name = "receiver", version, about, long_about = None)]
+#[command(name = "receiver", version, about, long_about = None,
+          after_long_help = blockswarm_cli::exit_codes_help())]
 pub struct Cli {
     /// Manifest: a file, or an http:// URL printed by the seeder.
     #[arg(long, env = "RECEIVER_MANIFEST")]
@@ -71,10 +80,7 @@ pub struct Cli {
     )]
     pub auto_from: Vec<PathBuf>,
 
-    /// KEY=VALUE settings file (MANIFEST=, INFO_HASH=, TARGET=, AUTO_FROM=, LISTEN=, SEED_AFTER=, VERIFY=,
-    /// RESUME=, TRACKER=, PEERS=, RETRY_FOR=, STALL_TIMEOUT=), as a rescue/PXE system would pass
-    /// them. The command line wins.
-    #[arg(long, env = "RECEIVER_CONFIG")]
+    #[arg(long, env = "RECEIVER_CONFIG", help = config_help())]
     pub config: Option<PathBuf>,
 
     /// BitTorrent listen address [default: 0.0.0.0:6881].
@@ -118,6 +124,15 @@ pub struct Cli {
     /// No progress bar.
     #[arg(short, long, env = "RECEIVER_QUIET")]
     pub quiet: bool,
+
+    /// Progress while running: a bar on a terminal, plain lines (a serial console, a log
+    /// file), JSON lines, or nothing [default: auto: a bar on a terminal, lines otherwise].
+    #[arg(long, env = "RECEIVER_PROGRESS", value_enum)]
+    pub progress: Option<ProgressMode>,
+
+    /// Time between two progress lines (lines and json) [default: 5s].
+    #[arg(long, env = "RECEIVER_PROGRESS_INTERVAL", value_parser = parse_duration)]
+    pub progress_interval: Option<Duration>,
 
     /// More logs (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -176,6 +191,8 @@ pub struct Settings {
     /// None: never give up.
     pub stall_timeout: Option<Duration>,
     pub quiet: bool,
+    pub progress: ProgressMode,
+    pub progress_interval: Duration,
 }
 
 fn truthy(v: &str) -> Result<bool, String> {
@@ -231,6 +248,16 @@ impl Settings {
                     }
                     "VERIFY" => f_verify = Some(truthy(v).map_err(err)?),
                     "RESUME" => f_resume = Some(truthy(v).map_err(err)?),
+                    "PROGRESS" => {
+                        file.progress = Some(
+                            <ProgressMode as clap::ValueEnum>::from_str(v, true).map_err(|_| {
+                                err(format!("bad PROGRESS {v:?} (auto, bar, lines, json, none)"))
+                            })?,
+                        )
+                    }
+                    "PROGRESS_INTERVAL" => {
+                        file.progress_interval = Some(parse_duration(v).map_err(err)?)
+                    }
                     other => return Err(err(format!("unknown key {other:?}"))),
                 }
             }
@@ -280,6 +307,11 @@ impl Settings {
             )
             .filter(|t| !t.is_zero()),
             quiet: cli.quiet,
+            progress: cli.progress.or(file.progress).unwrap_or_default(),
+            progress_interval: cli
+                .progress_interval
+                .or(file.progress_interval)
+                .unwrap_or(Duration::from_secs(5)),
         })
     }
 }
@@ -364,6 +396,55 @@ mod tests {
             Settings::resolve(&cli),
             Err(ReceiverError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn every_config_key_is_accepted_and_listed_in_the_help() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.conf");
+        for (k, v) in CONFIG_KEYS {
+            assert!(
+                help.contains(&format!("{k}=")),
+                "--config help lacks {k}=:\n{help}"
+            );
+            std::fs::write(&p, format!("MANIFEST=m\nTARGET=t\n{k}={v}\n")).unwrap();
+            let cli = Cli {
+                config: Some(p.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = Settings::resolve(&cli) {
+                panic!("{k}={v} refused: {e}");
+            }
+        }
+        assert!(help.contains("PEERS="));
+        std::fs::write(
+            &p,
+            "MANIFEST=m\nTARGET=t\nPROGRESS=json\nPROGRESS_INTERVAL=2s\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&cli).unwrap();
+        assert_eq!(s.progress, ProgressMode::Json);
+        assert_eq!(s.progress_interval, Duration::from_secs(2));
+        std::fs::write(&p, "MANIFEST=m\nTARGET=t\nPROGRESS=loud\n").unwrap();
+        assert!(matches!(
+            Settings::resolve(&cli),
+            Err(ReceiverError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        use clap::CommandFactory;
+        let h = Cli::command().render_long_help().to_string();
+        assert!(h.contains("Exit codes:"), "{h}");
+        assert!(h.contains(" 4  Bad target: too small"), "{h}");
+        assert!(h.contains(" 7  Verification failed"), "{h}");
     }
 
     #[test]

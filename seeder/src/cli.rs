@@ -8,35 +8,7 @@ use clap::Parser;
 use crate::{access, netboot};
 
 /// Parses sizes like `16M`, `100k`, `1G` (bytes, powers of 1024) or a plain number.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a size: {s:?} (examples: 12M, 500k, 1G)"))?;
-    if v.is_nan() || v <= 0.0 {
-        return Err(format!("size must be positive: {s:?}"));
-    }
-    let bytes = v * mult as f64;
-    // `0.5` is half a byte, not half a MiB: a size that rounds down to nothing is refused
-    // (a zero rate would panic the token bucket), as is one beyond u64.
-    if bytes < 1.0 {
-        return Err(format!(
-            "size {s:?} is less than one byte (plain numbers are bytes: did you mean {s}M?)"
-        ));
-    }
-    if bytes >= u64::MAX as f64 {
-        return Err(format!("size out of range: {s:?}"));
-    }
-    Ok(bytes as u64)
-}
+pub use blockswarm_cli::parse_size;
 
 /// Longest tracker announce interval a seeder hands out (`--announce-interval`): receivers
 /// learn that the swarm is done within two intervals, so an hour is already far too long.
@@ -44,7 +16,8 @@ pub const MAX_ANNOUNCE_INTERVAL_S: u64 = 3600;
 
 /// Serves a blockswarm deployment: `imager /dev/sda1 | seeder --expect 30`.
 #[derive(Debug, Parser)]
-#[command(name = "seeder", version, about, long_about = None)]
+#[command(name = "seeder", version, about, long_about = None,
+          after_long_help = blockswarm_cli::exit_codes_help())]
 pub struct Cli {
     /// Manifest file written by imager; `-` or absent: read it from stdin.
     #[arg(env = "SEEDER_MANIFEST")]
@@ -68,7 +41,8 @@ pub struct Cli {
     pub http: SocketAddr,
 
     /// Address receivers should use to reach this machine (default: the --http address if
-    /// it is not 0.0.0.0, else the address of the interface with the default route).
+    /// it is not 0.0.0.0, else an address of ours inside the --allow networks, else the
+    /// machine's only non-loopback IPv4 address, else the default route's, with a warning).
     #[arg(long, env = "SEEDER_ADVERTISE")]
     pub advertise: Option<IpAddr>,
 
@@ -97,6 +71,16 @@ pub struct Cli {
     /// No progress bar.
     #[arg(short, long, env = "SEEDER_QUIET")]
     pub quiet: bool,
+
+    /// Progress while running: a summary bar on a terminal, plain lines (a serial console,
+    /// a log file), JSON lines, or nothing. `auto`: bar on a terminal, lines otherwise.
+    #[arg(long, env = "SEEDER_PROGRESS", value_enum, default_value = "auto")]
+    pub progress: blockswarm_cli::ProgressMode,
+
+    /// Time between two progress lines (lines and json).
+    #[arg(long, env = "SEEDER_PROGRESS_INTERVAL", default_value = "5s",
+          value_parser = blockswarm_cli::parse_duration)]
+    pub progress_interval: std::time::Duration,
 
     /// More logs (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -150,6 +134,14 @@ mod tests {
         }
         let ok = parse(&["--upload-limit", "0.5M", "--expect", "2"]).unwrap();
         assert_eq!(ok.upload_limit, Some(512 << 10));
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        use clap::CommandFactory;
+        let h = Cli::command().render_long_help().to_string();
+        assert!(h.contains("Exit codes:"), "{h}");
+        assert!(h.contains(" 9  seeder: a piece of the source"), "{h}");
     }
 
     #[test]

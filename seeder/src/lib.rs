@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod advertise;
 mod app;
 pub mod cli;
 mod dashboard;
@@ -12,6 +13,7 @@ pub mod machines;
 pub mod netboot;
 pub mod outcome;
 mod report_file;
+mod summary;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};
@@ -26,7 +28,6 @@ use blockswarm_swarm::tracker::{self, Announce, TrackerServer};
 use blockswarm_swarm::{
     new_peer_id, DeviceStorage, PackedFileStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
 use app::{App, Progress};
@@ -180,15 +181,15 @@ fn advertise_ip(cli: &Cli) -> IpAddr {
     if !cli.http.ip().is_unspecified() {
         return cli.http.ip();
     }
-    // The local address a UDP socket would use towards a LAN-ish destination; no packet is
-    // sent by connect() on UDP.
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("10.255.255.255:9")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    let c = advertise::choose(
+        &advertise::interface_ips(),
+        cli.access.allow.as_ref(),
+        advertise::default_route_ip(),
+    );
+    if let Some(w) = &c.warning {
+        warn!("{w}");
+    }
+    c.ip
 }
 
 /// Runs the seeder until done (with `--expect`), an error, or SIGINT/SIGTERM (exit 130 /
@@ -370,13 +371,7 @@ async fn serve(cli: Cli, slot: &std::sync::OnceLock<Arc<App>>) -> Result<(), See
         });
     }
 
-    let pb = if cli.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new_spinner();
-        pb.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
-        pb
-    };
+    let mut term = summary::Terminal::new(&cli);
     let started = Instant::now();
     let mut done_since: Option<Instant> = None;
     let mut next_failure = 0u64;
@@ -398,26 +393,19 @@ async fn serve(cli: Cli, slot: &std::sync::OnceLock<Arc<App>>) -> Result<(), See
         }
         for f in tracker.failures_since(next_failure) {
             next_failure = f.seq + 1;
-            pb.suspend(|| {
-                eprintln!(
-                    "seeder: receiver {} failed (exit {}): {}",
-                    f.addr, f.report.exit, f.report.error
-                )
-            });
+            term.println(&format!(
+                "seeder: receiver {} failed (exit {}): {}",
+                f.addr, f.report.exit, f.report.error
+            ));
         }
+        let progress = app.progress();
+        let uploaded = swarm.stats().uploaded;
+        term.update(&progress, cli.expect, uploaded, m.total_length());
         let Progress {
             completed,
             pending,
             failed,
-        } = app.progress();
-        let uploaded = swarm.stats().uploaded;
-        pb.set_message(format!(
-            "uploaded {:.1} MiB ({:.2} copies), receivers done {completed}/{}",
-            uploaded as f64 / 1048576.0,
-            uploaded as f64 / m.total_length() as f64,
-            cli.expect.map_or("?".to_string(), |n| n.to_string()),
-        ));
-        pb.tick();
+        } = progress;
         if let Some(n) = cli.expect {
             let verdict = outcome::decide(n, completed, failed.len(), pending);
             if verdict != outcome::Verdict::Wait {
@@ -438,7 +426,7 @@ async fn serve(cli: Cli, slot: &std::sync::OnceLock<Arc<App>>) -> Result<(), See
             // Give receivers two announce intervals to learn that we are done.
             if let Some(t) = done_since {
                 if t.elapsed() > Duration::from_secs(cli.announce_interval * 2 + 1) {
-                    pb.finish_and_clear();
+                    term.finish();
                     eprintln!(
                         "seeder: {completed} receivers complete in {:.1} s; uploaded {uploaded} bytes = {:.2} copies",
                         started.elapsed().as_secs_f64(),
