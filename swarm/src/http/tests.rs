@@ -133,3 +133,51 @@ async fn head_has_no_body_and_bad_requests_get_4xx() {
     let many = raw_exchange(addr, many.as_bytes()).await;
     assert!(many.starts_with("HTTP/1.1 431"), "{many}");
 }
+
+/// A body larger than `timeout` allows at once (40 MiB sent in 64 KiB pieces with pauses,
+/// ~1.3 s in all) arrives whole with a 1 s timeout: time is allowed per step and in
+/// proportion to size (a 37 MB manifest to a whole room is not cut off by a fixed limit).
+/// A server that stops sending for longer than the timeout is cut off.
+#[tokio::test]
+async fn a_large_body_gets_time_in_proportion_and_a_stalled_one_is_cut() {
+    const LEN: usize = 40 << 20;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        for stall in [false, true] {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head).await.unwrap();
+            let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
+            s.write_all(h.as_bytes()).await.unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            for i in 0..LEN / chunk.len() {
+                if s.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                if i % 32 == 31 {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                }
+                if stall && i == 100 {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+            }
+        }
+    });
+    let t = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let body = get(&format!("http://{addr}/big"), None, t).await.unwrap();
+    assert_eq!(body.len(), LEN);
+    assert!(
+        started.elapsed() > t,
+        "the test must outlast the timeout: {:?}",
+        started.elapsed()
+    );
+    match get(&format!("http://{addr}/big"), None, t).await {
+        Err(SwarmError::Http(e)) => assert!(e.contains("timed out"), "{e}"),
+        other => panic!(
+            "a stalled body was not cut off: {:?}",
+            other.map(|b| b.len())
+        ),
+    }
+}
