@@ -1,6 +1,6 @@
 //! The receiver's reports to the seeder's dashboard (`blockswarm_swarm::machine_report`):
 //! a JSON POST to the manifest URL's directory + `report` on every state change and every
-//! [`EVERY`] while downloading. Each POST has a [`POST_TIMEOUT`]; a failed one is only
+//! [`EVERY`] in any state. Each POST has a [`POST_TIMEOUT`]; a failed one is only
 //! logged: reporting never blocks or fails the receiver.
 
 use std::net::{IpAddr, SocketAddr};
@@ -29,9 +29,16 @@ pub(crate) struct Reporter {
 }
 
 async fn post(url: &str, bind_ip: Option<IpAddr>, r: &MachineReport) {
-    match http::post(url, "application/json", &r.to_json(), bind_ip, POST_TIMEOUT).await {
-        Ok(_) => debug!(state = r.state.as_str(), "reported to the seeder"),
-        Err(e) => debug!("report to the seeder failed: {e}"),
+    // POST_TIMEOUT in all (the client's own timeout is per step): `finish` gets the lock in time.
+    let sent = tokio::time::timeout(
+        POST_TIMEOUT,
+        http::post(url, "application/json", &r.to_json(), bind_ip, POST_TIMEOUT),
+    )
+    .await;
+    match sent {
+        Ok(Ok(_)) => debug!(state = r.state.as_str(), "reported to the seeder"),
+        Ok(Err(e)) => debug!("report to the seeder failed: {e}"),
+        Err(_) => debug!("report to the seeder timed out after {POST_TIMEOUT:?}"),
     }
 }
 
@@ -76,13 +83,12 @@ impl Reporter {
                 if cur.state.is_final() {
                     return; // the final report is sent by `finish`
                 }
-                // A new state at once; while downloading, one every EVERY (progress alone
-                // does not wake this task: `progress` marks nothing changed).
+                // A new state at once, and one every EVERY whatever the state (progress
+                // alone does not wake this task: `progress` marks nothing changed); the
+                // seeder counts a machine silent for 15 s as lost, verifying or seeding too.
                 let due = match last {
                     None => true,
-                    Some((s, at)) => {
-                        s != cur.state || (cur.state == State::Downloading && at.elapsed() >= EVERY)
-                    }
+                    Some((s, at)) => s != cur.state || at.elapsed() >= EVERY,
                 };
                 if due {
                     let _g = me.sending.lock().await;

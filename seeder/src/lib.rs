@@ -195,12 +195,24 @@ fn advertise_ip(cli: &Cli) -> IpAddr {
 /// Runs the seeder until done (with `--expect`), an error, or SIGINT/SIGTERM (exit 130 /
 /// 143); then writes the `--report` file, if asked for.
 pub async fn run(cli: Cli) -> Result<(), SeederError> {
+    if cli.netboot.print_dnsmasq_conf {
+        return netboot::print_dnsmasq_conf(&cli.netboot, advertise_ip(&cli)).map_err(bad);
+    }
+    // Read (a blocking read of stdin, from `imager |`) before the signal handlers exist: a
+    // Ctrl-C meanwhile ends the seeder the usual way, not as a truncated manifest (exit 3).
+    let decoded = read_manifest(&cli)?;
     let slot = std::sync::OnceLock::new();
     let report = cli.report.clone();
     let res = tokio::select! {
-        r = serve(cli, &slot) => r,
+        r = serve(cli, decoded, &slot) => r,
         sig = report_file::signalled() => Err(SeederError::Interrupted(sig)),
     };
+    if let (Some(path), None) = (&report, slot.get()) {
+        eprintln!(
+            "seeder: no report written to {}: stopped before serving",
+            path.display()
+        );
+    }
     if let (Some(path), Some(app)) = (report, slot.get()) {
         let by = match &res {
             Ok(()) | Err(SeederError::ReceiversFailed(_)) => "expect",
@@ -215,11 +227,11 @@ pub async fn run(cli: Cli) -> Result<(), SeederError> {
     res
 }
 
-async fn serve(cli: Cli, slot: &std::sync::OnceLock<Arc<App>>) -> Result<(), SeederError> {
-    if cli.netboot.print_dnsmasq_conf {
-        return netboot::print_dnsmasq_conf(&cli.netboot, advertise_ip(&cli)).map_err(bad);
-    }
-    let decoded = read_manifest(&cli)?;
+async fn serve(
+    cli: Cli,
+    decoded: DecodedManifest,
+    slot: &std::sync::OnceLock<Arc<App>>,
+) -> Result<(), SeederError> {
     let m = decoded.manifest;
     let info_hash = decoded.info_hash;
     let (storage, desc) = open_storage(&cli, &m)?;
@@ -398,6 +410,9 @@ async fn serve(cli: Cli, slot: &std::sync::OnceLock<Arc<App>>) -> Result<(), See
                 f.addr, f.report.exit, f.report.error
             ));
         }
+        // The machine table takes the tracker's news as it comes (start, end and rate in
+        // the --report file are when they happened, not when someone looked at /status).
+        app.machine_rows();
         let progress = app.progress();
         let uploaded = swarm.stats().uploaded;
         term.update(&progress, cli.expect, uploaded, m.total_length());

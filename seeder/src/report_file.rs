@@ -94,9 +94,22 @@ pub fn write(path: &Path, r: &Report) -> std::io::Result<()> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let bytes = if csv {
+        // The image's columns first on every line: one table, nothing lost to a reader
+        // that takes only the rows.
+        #[derive(Serialize)]
+        struct ImageCols<'a> {
+            image: &'a str,
+            info_hash: &'a str,
+            image_bytes: u64,
+        }
+        let img = ImageCols {
+            image: &r.image.name,
+            info_hash: &r.image.info_hash,
+            image_bytes: r.image.size,
+        };
         let mut w = csv::Writer::from_writer(Vec::new());
         for e in &r.machines {
-            w.serialize(e).map_err(std::io::Error::other)?;
+            w.serialize((&img, e)).map_err(std::io::Error::other)?;
         }
         w.into_inner()
             .map_err(|e| std::io::Error::other(e.to_string()))?
@@ -214,7 +227,11 @@ mod tests {
         let c = std::fs::read_to_string(d.path().join("r.csv")).unwrap();
         let lines: Vec<&str> = c.lines().collect();
         assert_eq!(lines.len(), 4, "{c}");
-        assert!(lines[0].starts_with("peer_id,ip,hostname"), "{c}");
+        assert!(
+            lines[0].starts_with("image,info_hash,image_bytes,peer_id,ip,hostname"),
+            "{c}"
+        );
+        assert!(lines[1].starts_with("x,ab,100,"), "{c}");
         assert!(lines[1].contains("\"pc, \"\"one\"\"\""), "{c}");
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u32 = 1;
 
 /// Longest string field kept (bytes), one line.
-pub const MAX_FIELD: usize = 200;
+pub const MAX_FIELD: usize = crate::failure_report::MAX_TEXT;
 
 /// Where a receiver is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,18 +67,13 @@ pub struct MachineReport {
     pub exit: Option<i32>,
 }
 
-/// `s` as one printable line of at most [`MAX_FIELD`] bytes (cut at a char boundary).
+/// `s` as one printable line of at most [`MAX_FIELD`] bytes (the failure report's bound).
 pub fn bound(s: &str) -> String {
-    let line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let mut end = line.len().min(MAX_FIELD);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    line[..end].trim().to_string()
+    crate::failure_report::bound_text(s).trim().to_string()
 }
+
+/// Fastest rate a report may claim (bytes/s): past any NIC, and the room's sum stays finite.
+pub const MAX_RATE: f64 = 1e12;
 
 impl MachineReport {
     /// Parses a POST body and bounds every string in it; `None` if it is not a report of
@@ -95,6 +90,7 @@ impl MachineReport {
         if !r.rate.is_finite() || r.rate < 0.0 {
             r.rate = 0.0;
         }
+        r.rate = r.rate.min(MAX_RATE);
         for f in [
             &mut r.target,
             &mut r.model,
@@ -119,18 +115,14 @@ impl MachineReport {
 /// (`http://h:p/t/TOKEN/x.torrent` -> `http://h:p/t/TOKEN/report`); `None` for a URL that
 /// is not http(s) or has no `/t/` directory (a foreign server: nobody to report to).
 pub fn report_url(manifest_url: &str) -> Option<String> {
-    if !(manifest_url.starts_with("http://") || manifest_url.starts_with("https://")) {
-        return None;
-    }
-    let no_query = manifest_url.split(['?', '#']).next()?;
-    let dir = &no_query[..no_query.rfind('/')? + 1];
-    let after_scheme = dir.split_once("://")?.1;
-    let path = &after_scheme[after_scheme.find('/')?..];
-    let tok = path.strip_prefix("/t/")?.strip_suffix('/')?;
+    let u = crate::http::Url::parse(manifest_url).ok()?;
+    let path = u.target.split('?').next()?;
+    let dir = &path[..path.rfind('/')? + 1];
+    let tok = dir.strip_prefix("/t/")?.strip_suffix('/')?;
     if tok.is_empty() || tok.contains('/') {
         return None;
     }
-    Some(format!("{dir}report"))
+    Some(format!("http://{}{dir}report", u.authority()))
 }
 
 #[cfg(test)]
@@ -189,5 +181,14 @@ mod tests {
         assert_eq!(report_url("/tmp/m.torrent"), None);
         assert_eq!(report_url("http://h/x.torrent"), None);
         assert_eq!(report_url("http://h/t/a/b/x.torrent"), None);
+    }
+
+    #[test]
+    fn a_claimed_rate_is_bounded() {
+        let mut r = sample();
+        r.rate = 1e308;
+        let back = MachineReport::parse(&r.to_json()).unwrap();
+        assert_eq!(back.rate, MAX_RATE);
+        assert!((back.rate * 4096.0).is_finite());
     }
 }

@@ -195,7 +195,8 @@ where
     let size = declared.unwrap_or(MAX_BODY as u64);
     let deadline = started + timeout + Duration::from_secs(size / MIN_RATE);
     let mut body = resp.into_body();
-    let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    // Grown as bytes arrive: a declared length reserves at most 1 MiB up front.
+    let mut out = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
     loop {
         let next = (Instant::now() + timeout).min(deadline);
         let frame = tokio::time::timeout_at(next, body.frame())
