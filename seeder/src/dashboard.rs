@@ -135,24 +135,11 @@ mod tests {
 
     fn m(state: Shown, done: u64, rate: f64) -> Machine {
         Machine {
-            peer_id: "00".repeat(20),
-            ip: "127.0.0.1".into(),
-            hostname: None,
-            mac: None,
-            target: None,
-            target_size: None,
-            model: None,
-            serial: None,
             state,
             bytes_done: done,
-            total_bytes: 100,
             rate,
-            error: None,
-            exit: None,
             reports: true,
-            first_seen: 0.0,
-            last_seen: 0.0,
-            ended: None,
+            ..Machine::new(&"00".repeat(20), "127.0.0.1", 100, 0.0)
         }
     }
 

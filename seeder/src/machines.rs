@@ -93,6 +93,32 @@ pub struct Machine {
     pub ended: Option<f64>,
 }
 
+impl Machine {
+    /// A row first seen `now` (seconds from the seeder's start), running, nothing known yet.
+    pub fn new(peer_id: &str, ip: &str, total_bytes: u64, now: f64) -> Machine {
+        Machine {
+            peer_id: peer_id.to_string(),
+            ip: ip.to_string(),
+            hostname: None,
+            mac: None,
+            target: None,
+            target_size: None,
+            model: None,
+            serial: None,
+            state: Shown::Running,
+            bytes_done: 0,
+            total_bytes,
+            rate: 0.0,
+            error: None,
+            exit: None,
+            reports: false,
+            first_seen: now,
+            last_seen: now,
+            ended: None,
+        }
+    }
+}
+
 /// The table.
 #[derive(Debug, Default)]
 pub struct Machines {
@@ -138,26 +164,7 @@ impl Machines {
             }
             self.rows.insert(
                 peer_id.to_string(),
-                Machine {
-                    peer_id: peer_id.to_string(),
-                    ip: ip.to_string(),
-                    hostname: None,
-                    mac: None,
-                    target: None,
-                    target_size: None,
-                    model: None,
-                    serial: None,
-                    state: Shown::Running,
-                    bytes_done: 0,
-                    total_bytes: total,
-                    rate: 0.0,
-                    error: None,
-                    exit: None,
-                    reports: false,
-                    first_seen: secs(now),
-                    last_seen: secs(now),
-                    ended: None,
-                },
+                Machine::new(peer_id, &ip.to_string(), total, secs(now)),
             );
         }
         self.rows.get_mut(peer_id)

@@ -167,24 +167,13 @@ mod tests {
 
     fn row(state: Shown, ended: Option<f64>) -> Machine {
         Machine {
-            peer_id: "01".repeat(20),
-            ip: "127.0.200.2".into(),
             hostname: Some("pc, \"one\"".into()),
-            mac: None,
-            target: None,
-            target_size: None,
-            model: None,
-            serial: None,
             state,
             bytes_done: 100,
-            total_bytes: 100,
-            rate: 0.0,
-            error: None,
-            exit: None,
             reports: true,
-            first_seen: 2.0,
             last_seen: 3.0,
             ended,
+            ..Machine::new(&"01".repeat(20), "127.0.200.2", 100, 2.0)
         }
     }
 
