@@ -427,15 +427,22 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     if let Some(task) = verifier {
         state(State::Verifying);
         verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let bad = async {
+        let pass = async {
             let mut v = task.await??;
             tokio::task::spawn_blocking(move || {
                 v.pass(&vec![true; v.checked.len()])?;
                 Ok::<_, std::io::Error>(v.bad)
             })
             .await?
+        };
+        tokio::pin!(pass);
+        // A progress line now and then while the final pass reads the target back.
+        let bad = loop {
+            tokio::select! {
+                r = &mut pass => break r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => pb.line("verifying", &swarm.stats()),
+            }
         }
-        .await
         .map_err(|e| {
             ReceiverError::Verify(format!(
                 "verification failed (flushing or reading the target): {e}"
@@ -487,6 +494,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
             seed_error = Some(e.to_string());
             break;
         }
+        pb.line("seeding", &swarm.stats());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     swarm.disconnect_all();

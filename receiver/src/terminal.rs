@@ -42,12 +42,18 @@ impl Terminal {
         }
     }
 
+    /// The bar and, when due, a line: downloading.
     pub(crate) fn update(&mut self, st: &Stats) {
         self.pb.set_position(st.bytes_have);
         self.pb.set_message(format!("{} peers", st.peers.len()));
+        self.line("downloading", st);
+    }
+
+    /// A line when due (no bar: after the download, `state` is verifying or seeding).
+    pub(crate) fn line(&mut self, state: &'static str, st: &Stats) {
         let now = Instant::now();
         let snap = Snapshot::Receiver {
-            state: "downloading",
+            state,
             bytes_done: st.bytes_have,
             bytes_total: st.bytes_total,
             rate_bps: self.rate.update(now, st.bytes_have),

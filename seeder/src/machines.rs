@@ -180,6 +180,9 @@ impl Machines {
         {
             return false;
         }
+        if !self.rows.contains_key(&r.peer_id) {
+            self.supersede(ip, now);
+        }
         let Some(m) = self.row(&r.peer_id, ip, r.total_bytes, now) else {
             return false;
         };
@@ -238,6 +241,17 @@ impl Machines {
             m.bytes_done = total;
             m.ended = Some(secs(now));
         }
+    }
+
+    /// A new receiver reports from `ip` (restarted after a failure, or after it was lost):
+    /// its failed or lost rows go, one row per machine. A done row stays (the record of a
+    /// good clone), and so does a live one (two targets on one machine).
+    fn supersede(&mut self, ip: IpAddr, now: Duration) {
+        let ip = ip.to_string();
+        self.rows.retain(|_, m| {
+            let lost = !m.state.is_final() && secs(now) - m.last_seen > secs(LOST_AFTER);
+            m.ip != ip || !(m.state == Shown::Failed || lost)
+        });
     }
 
     /// The rows, with `lost` applied at `now`, sorted by address.
@@ -434,6 +448,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_receiver_takes_the_place_of_its_failed_or_lost_row() {
+        let mut ms = Machines::default();
+        let mut failed = rep(1, State::Failed, 0);
+        failed.error = Some("target too small".into());
+        ms.report(ip(1), failed, t(1));
+        ms.report(ip(2), rep(2, State::Downloading, 10), t(1));
+        ms.report(ip(3), rep(3, State::Done, 100), t(1));
+        // Restarts: 1 after its failure, 2 after it went silent, 3 for a second clone.
+        ms.report(ip(1), rep(4, State::Downloading, 5), t(30));
+        ms.report(ip(2), rep(5, State::Downloading, 5), t(30));
+        ms.report(ip(3), rep(6, State::Downloading, 5), t(30));
+        let rows = ms.rows(t(31));
+        let ids: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|m| (m.ip.as_str(), &m.peer_id[..2]))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("127.0.200.1", "04"),
+                ("127.0.200.2", "05"),
+                ("127.0.200.3", "03"),
+                ("127.0.200.3", "06")
+            ]
+        );
+    }
+
+    #[test]
     fn bounded_and_owned_by_one_address() {
         let mut ms = Machines::default();
         assert!(ms.report(ip(1), rep(1, State::Downloading, 10), t(1)));
@@ -450,10 +492,12 @@ mod tests {
             .iter()
             .all(|m| m.error.as_ref().is_none_or(|e| e.len() <= 200)));
         let mut ms = Machines::default();
+        // One machine per address (a newcomer from an address replaces its lost rows).
         for i in 0..MAX_MACHINES {
             let mut r = rep(0, State::Downloading, 0);
             r.peer_id = format!("{i:040x}");
-            assert!(ms.report(ip(1), r, t(1)));
+            let from = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+            assert!(ms.report(from, r, t(1)));
         }
         let mut extra = rep(0, State::Downloading, 0);
         extra.peer_id = "e".repeat(40);

@@ -1,9 +1,10 @@
 //! The server, on hyper: one request per connection (no keep-alive), within explicit limits:
 //! the request head at most `conn_limit::HTTP_MAX_HEAD` bytes, [`MAX_HEADERS`] headers and
 //! `conn_limit::HTTP_HEAD_TIMEOUT`; a POST body at most [`MAX_REQUEST_BODY`] bytes within
-//! [`BODY_TIMEOUT`]; a connection that moves no byte for [`STALL_TIMEOUT`] is cut (a response
-//! of any size is allowed the time it takes, a client that stops reading is not); and the
-//! connection counts of `conn_limit::HTTP`. hyper answers a malformed request line or head
+//! [`BODY_TIMEOUT`]; a connection that moves no byte for [`STALL_TIMEOUT`] is cut, and one
+//! whose client takes its response slower than [`MIN_SERVE_RATE`] on the whole (a response of
+//! any size gets the time its length takes, a client that reads a byte now and then does
+//! not); and the connection counts of `conn_limit::HTTP`. hyper answers a malformed request line or head
 //! itself (400, 431) and sends no body to HEAD.
 
 use std::future::Future;
@@ -35,6 +36,9 @@ pub const MAX_HEADERS: usize = 64;
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that neither sends nor takes a byte for this long is closed.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response gets [`STALL_TIMEOUT`] plus its length at this rate (bytes/s) to be taken in
+/// all: a client that reads a byte now and then cannot hold its connection for ever.
+pub const MIN_SERVE_RATE: u64 = 64 * 1024;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -202,10 +206,27 @@ where
         epoch,
         last: last.clone(),
     });
+    let ms = |d: Duration| d.as_millis() as u64;
+    // Until the response is known: its head, its body, the handler.
+    let deadline = Arc::new(AtomicU64::new(ms(conn_limit::HTTP_HEAD_TIMEOUT
+        + BODY_TIMEOUT
+        + STALL_TIMEOUT)));
     let svc = hyper::service::service_fn(|req| {
         slot.opened();
         let h = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(answer(req, peer, &*h).await) }
+        let deadline = deadline.clone();
+        async move {
+            let resp = answer(req, peer, &*h).await;
+            let len = resp
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let allowed = STALL_TIMEOUT + Duration::from_secs(len / MIN_SERVE_RATE);
+            deadline.store(ms(epoch.elapsed() + allowed), Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
@@ -232,6 +253,10 @@ where
                 let idle = epoch.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
                 if Duration::from_millis(idle) > STALL_TIMEOUT {
                     debug!(%peer, "http connection stalled for {STALL_TIMEOUT:?}: closed");
+                    return Ok(());
+                }
+                if ms(epoch.elapsed()) > deadline.load(Ordering::Relaxed) {
+                    debug!(%peer, "http connection over its time (its response's length at {MIN_SERVE_RATE} B/s): closed");
                     return Ok(());
                 }
             }
