@@ -300,7 +300,9 @@ async fn serve(
         seeder_id: peer_id,
         expect: cli.expect,
         seen: Default::default(),
-        machines: Default::default(),
+        machines: std::sync::Mutex::new(machines::Machines::new(Duration::from_secs(
+            cli.announce_interval,
+        ))),
         started: Instant::now(),
     });
     let _ = slot.set(app.clone());

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 /// Most rows kept.
 pub const MAX_MACHINES: usize = 4096;
-/// A machine neither done nor failed, silent (no report, no announce) this long, is lost.
+/// A machine neither done nor failed, silent (no report, no announce) this long, is lost
+/// (at least: see [`Machines::new`]). Receivers report every 2 s.
 pub const LOST_AFTER: Duration = Duration::from_secs(15);
 
 /// What the dashboard says of a machine.
@@ -120,9 +121,28 @@ impl Machine {
 }
 
 /// The table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Machines {
     rows: HashMap<String, Machine>,
+    /// Silence after which a machine is lost.
+    lost_after: f64,
+}
+
+impl Default for Machines {
+    fn default() -> Self {
+        Self::new(Duration::ZERO)
+    }
+}
+
+impl Machines {
+    /// A table for a tracker handing out `announce_interval`: a client that only announces
+    /// (a plain BitTorrent client) is lost after three missed announces, or [`LOST_AFTER`].
+    pub fn new(announce_interval: Duration) -> Self {
+        Machines {
+            rows: HashMap::new(),
+            lost_after: secs(LOST_AFTER.max(announce_interval * 3)),
+        }
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -139,7 +159,7 @@ impl Machines {
         let victim = self
             .rows
             .values()
-            .filter(|m| m.state.is_final() || now.as_secs_f64() - m.last_seen > secs(LOST_AFTER))
+            .filter(|m| m.state.is_final() || now.as_secs_f64() - m.last_seen > self.lost_after)
             .min_by(|a, b| a.last_seen.total_cmp(&b.last_seen))
             .map(|m| m.peer_id.clone());
         match victim {
@@ -249,7 +269,7 @@ impl Machines {
     fn supersede(&mut self, ip: IpAddr, now: Duration) {
         let ip = ip.to_string();
         self.rows.retain(|_, m| {
-            let lost = !m.state.is_final() && secs(now) - m.last_seen > secs(LOST_AFTER);
+            let lost = !m.state.is_final() && secs(now) - m.last_seen > self.lost_after;
             m.ip != ip || !(m.state == Shown::Failed || lost)
         });
     }
@@ -261,7 +281,7 @@ impl Machines {
             .values()
             .cloned()
             .map(|mut m| {
-                if !m.state.is_final() && secs(now) - m.last_seen > secs(LOST_AFTER) {
+                if !m.state.is_final() && secs(now) - m.last_seen > self.lost_after {
                     m.state = Shown::Lost;
                     m.rate = 0.0;
                 }
