@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blockswarm_swarm::wire::{self, FrameReader, Msg};
+use blockswarm_swarm::zblock;
 use rand::RngCore;
 use tokio::io::AsyncWriteExt;
 
@@ -44,6 +45,18 @@ pub enum Lie {
         packed: Arc<Vec<u8>>,
         piece_len: u32,
     },
+    /// Speaks blockswarm's `bs_zstd` (BEP 10) and answers every request with a zstd frame
+    /// that lies (see [`ZLie`]).
+    Zstd(ZLie),
+}
+
+/// How a [`Lie::Zstd`] peer's frames lie.
+#[derive(Clone, Copy, Debug)]
+pub enum ZLie {
+    /// The frame decompresses to four times the length it claims (a decompression bomb).
+    Bomb,
+    /// A valid frame of the claimed length, of zeros: the piece fails its SHA-1.
+    Zeros,
 }
 
 /// How often [`Lie::Unsolicited`] sends a garbage block.
@@ -97,7 +110,11 @@ async fn serve(
     let mut id = [0u8; 20];
     id[..8].copy_from_slice(b"-EV0001-");
     rand::thread_rng().fill_bytes(&mut id[8..]);
-    wire::write_handshake(&mut wr, info_hash, id).await?;
+    let zlie = match lie {
+        Lie::Zstd(z) => Some(z),
+        _ => None,
+    };
+    wire::write_handshake(&mut wr, info_hash, id, zlie.is_some()).await?;
     let hs = wire::read_handshake(&mut rd).await?;
     let mut buf = Vec::new();
     let claim = !matches!(lie, Lie::Unsolicited);
@@ -107,9 +124,21 @@ async fn serve(
         (false, _) => Msg::Bitfield(wire::bitfield_from(&vec![claim; num_pieces as usize])),
     };
     wire::encode(&first, &mut buf);
+    if zlie.is_some() {
+        wire::encode(
+            &Msg::Extended {
+                id: zblock::HANDSHAKE_ID,
+                payload: zblock::handshake_payload("evil"),
+            },
+            &mut buf,
+        );
+    }
     wire::encode(&Msg::Unchoke, &mut buf);
     wr.write_all(&buf).await?;
     let mut frames = FrameReader::new(rd, 1 << 20);
+    if let Some(z) = zlie {
+        return zstd_lies(&mut frames, wr, z, &stats).await;
+    }
     if let Lie::Unsolicited = lie {
         return unsolicited(&mut frames, wr, num_pieces, &stats).await;
     }
@@ -118,7 +147,9 @@ async fn serve(
             buf.clear();
             let mut data = vec![0u8; r.length as usize];
             match &lie {
-                Lie::Random | Lie::Unsolicited => rand::thread_rng().fill_bytes(&mut data),
+                Lie::Random | Lie::Unsolicited | Lie::Zstd(_) => {
+                    rand::thread_rng().fill_bytes(&mut data)
+                }
                 Lie::StallMidPiece { packed, piece_len } => {
                     if r.begin != 0 {
                         stats.requests_ignored.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +181,39 @@ async fn serve(
             );
             wr.write_all(&buf).await?;
             stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// [`Lie::Zstd`]: every request answered with a lying `bs_zstd` frame, once the peer's
+/// extended handshake named its id (requests before that are left unanswered).
+async fn zstd_lies(
+    frames: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    z: ZLie,
+    stats: &EvilStats,
+) -> Result<(), wire::WireError> {
+    let mut zid = None;
+    while let Some(m) = frames.next().await? {
+        match m {
+            Msg::Extended { id: 0, payload } => zid = zblock::peer_id_for_zstd(&payload),
+            Msg::Request(r) => {
+                let Some(zid) = zid else {
+                    stats.requests_ignored.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let raw = match z {
+                    ZLie::Bomb => vec![0u8; r.length as usize * 4],
+                    ZLie::Zeros => vec![0u8; r.length as usize],
+                };
+                let frame = zblock::compress(&raw).expect("zeros compress");
+                let mut buf = zblock::header(zid, r.index, r.begin, r.length, frame.len()).to_vec();
+                buf.extend_from_slice(&frame);
+                wr.write_all(&buf).await?;
+                stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -222,7 +286,7 @@ async fn flood(
     let mut id = [0u8; 20];
     id[..8].copy_from_slice(b"-EV0002-");
     rand::thread_rng().fill_bytes(&mut id[8..]);
-    wire::write_handshake(&mut wr, info_hash, id).await?;
+    wire::write_handshake(&mut wr, info_hash, id, false).await?;
     wire::read_handshake(&mut rd).await?;
     // `rd` is kept but never read again: the seeder's replies pile up in the socket.
     let mut buf = Vec::new();

@@ -58,6 +58,76 @@ pub fn random_file(path: &Path, len: u64, seed: u64) {
     }
 }
 
+/// A file of `len` bytes that compresses about as an OS image does (zstd -3: 2-4x): lines
+/// of words from a small vocabulary, runs of zeros, and a random stretch now and then.
+pub fn compressible_file(path: &Path, len: u64, seed: u64) {
+    const WORDS: &[&str] = &[
+        "the",
+        "kernel",
+        "module",
+        "device",
+        "partition",
+        "block",
+        "swarm",
+        "piece",
+        "root",
+        "usr",
+        "lib",
+        "share",
+        "config",
+        "=",
+        "0x",
+        "return",
+        "if",
+        "else",
+        "{",
+        "}",
+        ";",
+        "static",
+        "int",
+        "char",
+        "void",
+        "struct",
+        "include",
+        "define",
+        "/",
+        "\n",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        match rng.gen_range(0..100) {
+            0..=3 => out.resize(out.len() + rng.gen_range(512..16384), 0),
+            4..=9 => {
+                let n = rng.gen_range(256..4096);
+                let at = out.len();
+                out.resize(at + n, 0);
+                rng.fill_bytes(&mut out[at..]);
+            }
+            _ => {
+                for _ in 0..rng.gen_range(4..16) {
+                    out.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
+                    out.push(b' ');
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+    out.truncate(len as usize);
+    std::fs::write(path, out).expect("write");
+}
+
+/// [`make_ext4`] with [`compressible_file`]s instead of random ones.
+pub fn make_ext4_compressible(
+    dir: &Path,
+    name: &str,
+    size_mib: u64,
+    data_mib: u64,
+    seed: u64,
+) -> (PathBuf, Vec<String>) {
+    make_ext4_with(dir, name, size_mib, 4096, data_mib, seed, compressible_file)
+}
+
 /// A real ext4 image of `size_mib` MiB with `block_size` blocks, populated with files through
 /// `mkfs.ext4 -d`, then every third file deleted with debugfs so free space is fragmented.
 /// Returns the image path and the names of the files that remain.
@@ -69,6 +139,18 @@ pub fn make_ext4(
     data_mib: u64,
     seed: u64,
 ) -> (PathBuf, Vec<String>) {
+    make_ext4_with(dir, name, size_mib, block_size, data_mib, seed, random_file)
+}
+
+fn make_ext4_with(
+    dir: &Path,
+    name: &str,
+    size_mib: u64,
+    block_size: u32,
+    data_mib: u64,
+    seed: u64,
+    fill: fn(&Path, u64, u64),
+) -> (PathBuf, Vec<String>) {
     let src = dir.join(format!("{name}-src"));
     std::fs::create_dir_all(&src).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -78,7 +160,7 @@ pub fn make_ext4(
     while total < data_mib << 20 {
         let len = rng.gen_range(1..(1u64 << 20) * 2);
         let n = format!("f{i:04}");
-        random_file(&src.join(&n), len, seed * 1000 + i);
+        fill(&src.join(&n), len, seed * 1000 + i);
         names.push(n);
         total += len;
         i += 1;

@@ -246,3 +246,114 @@ fn external_opentracker_coordinates_the_swarm() {
         assert_same_ext4(&img, t, &m, &files);
     }
 }
+
+/// Issue 13: on a compressible image our peers trade zstd frames (`bs_zstd`) while aria2c
+/// and libtorrent, in the same swarm, get plain BitTorrent; every copy is right, and the
+/// counters in `/status` show compressed bytes from the seeder and between receivers.
+#[test]
+fn mixed_swarm_on_a_compressible_image_trades_zstd_between_our_peers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, files) = make_ext4_compressible(d, "src", 64, 16, 220);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    let net = 220;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    // Slow enough that the receivers get much of it from each other.
+    let mut seeder = seeder(
+        &ip(1),
+        &mpath,
+        &["--upload-limit", "3M", "--expect", "2"],
+        d,
+        "seeder",
+    );
+    let url = manifest_url(&ip(1), &m);
+    let served = d.join("served.torrent");
+    assert!(wait_until(Duration::from_secs(10), || http_get(&url)
+        .map(|b| std::fs::write(&served, b).is_ok())
+        .unwrap_or(false)));
+    let lt_out = d.join("lt");
+    std::fs::create_dir_all(&lt_out).unwrap();
+    let mut leech = lt("leech", &served, &lt_out, &ip(9), 100, d);
+    let aria_out = d.join("aria2");
+    let mut aria = Proc::spawn(
+        "aria2c",
+        Command::new("aria2c")
+            .arg("-d")
+            .arg(&aria_out)
+            .args([
+                "--seed-time=0",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--file-allocation=none",
+                "--listen-port=7901-7919",
+                "--bt-external-ip=127.0.0.1",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(&served),
+        d,
+    );
+    let mut rs = start_receivers(net, 2..=3, &url, &m, &["--seed-after", "30s"], d, 0);
+    wait_all_ok(&mut rs, T);
+    for (p, name) in [(&mut leech, "libtorrent"), (&mut aria, "aria2c")] {
+        assert_eq!(
+            p.wait(T),
+            0,
+            "{name}:\n{}\n{}",
+            p.stdout_text(),
+            p.stderr_text()
+        );
+    }
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    let packed = packed_data(&img, &m);
+    assert!(
+        std::fs::read(lt_out.join(&m.name)).unwrap() == packed,
+        "libtorrent's copy differs"
+    );
+    assert!(
+        std::fs::read(aria_out.join(&m.name)).unwrap() == packed,
+        "aria2c's copy differs"
+    );
+    for (t, _) in &rs {
+        assert_same_ext4(&img, t, &m, &files);
+    }
+
+    let st = seeder_status(&seeder);
+    let z = &st["zstd"];
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(
+        n(z, "sent_blocks") > 0,
+        "the seeder sent no zstd frame: {z}"
+    );
+    assert!(
+        n(z, "sent_frame_bytes") * 3 < n(z, "sent_raw_bytes") * 2,
+        "frames are not smaller than the blocks they carry: {z}"
+    );
+    let ours: Vec<&serde_json::Value> = st["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reports"] == true)
+        .collect();
+    assert_eq!(
+        ours.len(),
+        2,
+        "our two receivers report: {}",
+        st["machines"]
+    );
+    let mut forwarded = 0;
+    for r in &ours {
+        let z = &r["zstd"];
+        assert!(n(z, "received_blocks") > 0, "receiver got no frame: {r}");
+        forwarded += n(z, "sent_blocks");
+    }
+    assert!(
+        forwarded > 0,
+        "our receivers sent each other no frame: {ours:?}"
+    );
+    // The standard clients were served plain blocks: a zstd frame would have been an
+    // unknown extension message to them, and their copies would not be complete and right.
+}

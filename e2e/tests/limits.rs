@@ -328,7 +328,7 @@ fn idle_bittorrent_connections_do_not_lock_out_receivers() {
             let mut id = [0u8; 20];
             id[..8].copy_from_slice(b"-XX0000-");
             rand::Rng::fill(&mut rand::thread_rng(), &mut id[8..]);
-            if blockswarm_swarm::wire::write_handshake(s, info_hash, id)
+            if blockswarm_swarm::wire::write_handshake(s, info_hash, id, false)
                 .await
                 .is_ok()
                 && blockswarm_swarm::wire::read_handshake(s).await.is_ok()

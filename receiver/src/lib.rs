@@ -200,6 +200,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         bind_ip,
         gate: Some(gate.clone()),
         max_pieces_in_progress: ((64u64 << 20) / m.piece_length as u64).clamp(4, 64) as usize,
+        compress: s.compress,
         ..Default::default()
     };
     let swarm = Swarm::start(
@@ -368,6 +369,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         pb.update(&st);
         if let Some(r) = &machine {
             r.progress(st.bytes_have);
+            r.compressed(&st.zstd);
         }
         if st.pieces_have == st.pieces_total {
             break;
@@ -416,12 +418,22 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         .sync()
         .map_err(|e| ReceiverError::Failure(format!("flushing target: {e}")))?;
     let secs = started.elapsed().as_secs_f64();
+    let st = swarm.stats();
+    let z = &st.zstd;
+    let zline = if z.received_blocks > 0 {
+        format!(
+            " ({} of them as zstd frames of {} bytes)",
+            z.received_raw_bytes, z.received_frame_bytes
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
+        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded{zline}",
         target_path.display(),
         m.total_length(),
         m.total_length() as f64 / 1048576.0 / secs.max(1e-9),
-        swarm.stats().downloaded
+        st.downloaded
     );
 
     if let Some(task) = verifier {
@@ -494,7 +506,11 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
             seed_error = Some(e.to_string());
             break;
         }
-        pb.line("seeding", &swarm.stats());
+        let st = swarm.stats();
+        if let Some(r) = &machine {
+            r.compressed(&st.zstd);
+        }
+        pb.line("seeding", &st);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     swarm.disconnect_all();

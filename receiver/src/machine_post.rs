@@ -66,6 +66,7 @@ impl Reporter {
             mac: mac_towards(manifest, bind_ip),
             error: None,
             exit: None,
+            zstd: None,
         };
         let (tx, mut rx) = watch::channel(first);
         let r = Arc::new(Reporter {
@@ -143,6 +144,15 @@ impl Reporter {
         self.tx.send_if_modified(|r| {
             r.bytes_done = bytes_done;
             r.rate = rate;
+            false
+        });
+    }
+
+    /// Compressed traffic so far (sent with the next report).
+    pub(crate) fn compressed(&self, z: &blockswarm_swarm::zblock::ZStats) {
+        let z = (z != &Default::default()).then(|| z.clone());
+        self.tx.send_if_modified(|r| {
+            r.zstd = z;
             false
         });
     }

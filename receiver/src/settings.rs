@@ -29,6 +29,7 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("STALL_TIMEOUT", "120s"),
     ("PROGRESS", "lines"),
     ("PROGRESS_INTERVAL", "5s"),
+    ("COMPRESS", "no"),
 ];
 
 /// The help of `--config`, listing [`CONFIG_KEYS`].
@@ -101,6 +102,11 @@ pub struct Cli {
     /// Do not scan the target for pieces already present (a fresh target: saves one read).
     #[arg(long, env = "RECEIVER_NO_RESUME")]
     pub no_resume: bool,
+
+    /// Plain BitTorrent only: neither offer nor accept zstd-compressed blocks (`bs_zstd`)
+    /// with other blockswarm peers.
+    #[arg(long, env = "RECEIVER_NO_COMPRESS")]
+    pub no_compress: bool,
 
     /// Announce to this tracker instead of the manifest's.
     #[arg(long, env = "RECEIVER_TRACKER")]
@@ -185,6 +191,8 @@ pub struct Settings {
     pub seed_after: Duration,
     pub verify: bool,
     pub resume: bool,
+    /// Compressed blocks with blockswarm peers (`bs_zstd`).
+    pub compress: bool,
     pub tracker: Option<String>,
     pub peers: Vec<SocketAddr>,
     pub retry_for: Duration,
@@ -211,7 +219,7 @@ impl Settings {
 
     pub fn resolve(cli: &Cli) -> Result<Settings, ReceiverError> {
         let mut file = Cli::default();
-        let (mut f_verify, mut f_resume) = (None, None);
+        let (mut f_verify, mut f_resume, mut f_compress) = (None, None, None);
         if let Some(path) = &cli.config {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ReceiverError::Usage(format!("cannot read config {}: {e}", path.display()))
@@ -248,6 +256,7 @@ impl Settings {
                     }
                     "VERIFY" => f_verify = Some(truthy(v).map_err(err)?),
                     "RESUME" => f_resume = Some(truthy(v).map_err(err)?),
+                    "COMPRESS" => f_compress = Some(truthy(v).map_err(err)?),
                     "PROGRESS" => {
                         file.progress = Some(
                             <ProgressMode as clap::ValueEnum>::from_str(v, true).map_err(|_| {
@@ -290,6 +299,7 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(1800)),
             verify: cli.verify || f_verify.unwrap_or(false),
             resume: !cli.no_resume && f_resume.unwrap_or(true),
+            compress: !cli.no_compress && f_compress.unwrap_or(true),
             tracker: cli.tracker.clone().or(file.tracker),
             peers: if cli.peers.is_empty() {
                 file.peers

@@ -132,6 +132,7 @@ mod tests {
             fast: true,
             useful,
             since_block,
+            zstd: false,
         }
     }
 

@@ -34,6 +34,8 @@ struct Status<'a> {
     /// The dashboard's rows (reports merged with the tracker) and their totals.
     machines: Vec<crate::machines::Machine>,
     totals: crate::dashboard::Totals,
+    /// The seeder's compressed traffic with blockswarm receivers (`bs_zstd`).
+    zstd: blockswarm_swarm::zblock::ZStats,
 }
 
 #[derive(Serialize)]
@@ -240,6 +242,7 @@ impl App {
             done: self.tracker.is_done(),
             unreadable_pieces: stats.unreadable_pieces,
             pieces_verified: stats.pieces_verified,
+            zstd: stats.zstd,
             receivers,
             failed: progress
                 .failed

@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, env = "SEEDER_UPLOAD_LIMIT", value_parser = parse_size)]
     pub upload_limit: Option<u64>,
 
+    /// Plain BitTorrent only: neither offer nor accept zstd-compressed blocks (`bs_zstd`)
+    /// with blockswarm receivers.
+    #[arg(long, env = "SEEDER_NO_COMPRESS")]
+    pub no_compress: bool,
+
     /// Tracker announce interval in seconds given to receivers.
     #[arg(long, env = "SEEDER_ANNOUNCE_INTERVAL", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=MAX_ANNOUNCE_INTERVAL_S))]

@@ -273,6 +273,9 @@ async fn serve(
         upload_limit: cli.upload_limit,
         prefer_unsent: true,
         trust_initial_pieces: cli.unsafe_no_serve_check,
+        compress: !cli.no_compress,
+        // Compressed once, kept for the whole room (a seeder sends about one copy).
+        zstd_cache_bytes: 256 << 20,
         bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
         gate: Some(Arc::new(gate)),
         ..Default::default()

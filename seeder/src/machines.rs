@@ -92,6 +92,8 @@ pub struct Machine {
     pub last_seen: f64,
     /// When it became done or failed.
     pub ended: Option<f64>,
+    /// Its compressed traffic with other blockswarm peers, as it reported.
+    pub zstd: Option<blockswarm_swarm::zblock::ZStats>,
 }
 
 impl Machine {
@@ -116,6 +118,7 @@ impl Machine {
             first_seen: now,
             last_seen: now,
             ended: None,
+            zstd: None,
         }
     }
 }
@@ -228,6 +231,7 @@ impl Machines {
         m.target_size = r.target_size.or(m.target_size);
         m.model = r.model.or(m.model.take());
         m.serial = r.serial.or(m.serial.take());
+        m.zstd = r.zstd.or(m.zstd.take());
         if state == Shown::Failed {
             m.error = r.error.or(m.error.take());
             m.exit = r.exit.or(m.exit);
@@ -325,6 +329,7 @@ mod tests {
             mac: None,
             error: (state == State::Failed).then(|| "target too small".into()),
             exit: (state == State::Failed).then_some(4),
+            zstd: None,
         }
     }
     fn ip(n: u8) -> IpAddr {

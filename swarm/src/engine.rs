@@ -27,9 +27,11 @@ use crate::conn_limit;
 use crate::servable::{Admit, Servable};
 use crate::storage::Storage;
 use crate::wire::{self, FrameReader, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
+use crate::zblock::{self, Form, FormCache, ZStats};
 use crate::SwarmError;
 
 mod serve;
+mod zserve;
 pub use serve::CorruptPiece;
 
 /// How long a seeder keeps rejecting a peer's requests for a piece assigned to another peer,
@@ -135,6 +137,11 @@ pub struct SwarmOptions {
     pub trust_initial_pieces: bool,
     /// Incoming connections only from addresses this gate admits (None: from anyone).
     pub gate: Option<Arc<crate::gate::PeerGate>>,
+    /// Offer and accept zstd-compressed blocks with peers that speak `bs_zstd` (see
+    /// `zblock`); standard clients get plain BitTorrent either way.
+    pub compress: bool,
+    /// Bytes of compressed blocks kept for serving again (see `zblock::FormCache`).
+    pub zstd_cache_bytes: usize,
 }
 
 impl Default for SwarmOptions {
@@ -150,6 +157,8 @@ impl Default for SwarmOptions {
             prefer_unsent: false,
             trust_initial_pieces: false,
             gate: None,
+            compress: true,
+            zstd_cache_bytes: 64 << 20,
         }
     }
 }
@@ -178,6 +187,8 @@ pub struct PeerStats {
     pub useful: u32,
     /// Time since it last sent us a block we asked for (None: never).
     pub since_block: Option<Duration>,
+    /// It accepts zstd-compressed blocks (`bs_zstd`).
+    pub zstd: bool,
 }
 
 /// Swarm-wide figures.
@@ -194,6 +205,8 @@ pub struct Stats {
     pub unreadable_pieces: Vec<u32>,
     /// Pieces hashed by this node (received, found on resume, or checked on first serve).
     pub pieces_verified: u32,
+    /// Compressed traffic (`bs_zstd`).
+    pub zstd: ZStats,
     pub peers: Vec<PeerStats>,
 }
 
@@ -216,6 +229,9 @@ struct InProgress {
     /// Set for a piece that already failed its hash with several senders: the whole piece is
     /// then fetched from this one peer, so a second failure names the culprit.
     owner: Option<u64>,
+    /// How each block came (a frame to forward as it is, or raw from a `bs_zstd` peer,
+    /// which found it incompressible); kept for serving once the piece is verified.
+    forms: Vec<Option<Form>>,
 }
 
 const NOBODY: u64 = u64::MAX;
@@ -261,6 +277,9 @@ struct PeerState {
     admit: Admission,
     /// What this connection's writer has queued (bounded, see `backlog`).
     backlog: Arc<Backlog>,
+    /// The id it wants for `bs_zstd` messages (0: it takes plain blocks only); read by
+    /// the writer.
+    zstd_id: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl PeerState {
@@ -371,6 +390,9 @@ pub(crate) struct Shared {
     checked: Notify,
     /// Incoming connections (see `conn_limit`).
     limiter: conn_limit::Limiter,
+    /// Forms of verified blocks for `bs_zstd` peers (see `zblock`).
+    forms: Mutex<FormCache>,
+    zstats: Mutex<ZStats>,
 }
 
 struct Bucket {
@@ -510,6 +532,8 @@ impl Swarm {
             queued: AtomicU64::new(0),
             turns: tokio::sync::Semaphore::new(1),
             limiter: conn_limit::Limiter::new(conn_limit::BT),
+            forms: Mutex::new(FormCache::new(opts.zstd_cache_bytes)),
+            zstats: Mutex::new(ZStats::default()),
             bucket,
             listen_addr,
             opts,
@@ -657,7 +681,7 @@ impl Swarm {
         let hs = tokio::select! {
             _ = conn_limit::evicted(&slot) => return Err(SwarmError::Evicted),
             r = tokio::time::timeout(conn_limit::BT_HANDSHAKE_TIMEOUT, async {
-                wire::write_handshake(&mut wr, info_hash, self.shared.peer_id).await?;
+                wire::write_handshake(&mut wr, info_hash, self.shared.peer_id, self.shared.opts.compress).await?;
                 wire::read_handshake(&mut rd).await
             }) => r.map_err(|_| SwarmError::Timeout("handshake"))??,
         };
@@ -673,18 +697,22 @@ impl Swarm {
         let kill = Arc::new(Notify::new());
         let uploaded_to = Arc::new(AtomicU64::new(0));
         let backlog = Arc::new(Backlog::default());
+        let zstd_id = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let key = self.register(
             addr,
-            hs.peer_id,
-            hs.fast,
+            hs,
             outgoing,
             tx.clone(),
             kill.clone(),
             uploaded_to.clone(),
             backlog.clone(),
+            zstd_id.clone(),
         )?;
-        debug!(peer = %addr, client = %client_name(&hs.peer_id), fast = hs.fast, "peer connected");
-        let writer = tokio::spawn(self.clone().writer(wr, rx, key, uploaded_to, backlog));
+        debug!(peer = %addr, client = %client_name(&hs.peer_id), fast = hs.fast, extended = hs.extended, "peer connected");
+        let writer = tokio::spawn(
+            self.clone()
+                .writer(wr, rx, key, uploaded_to, backlog, zstd_id),
+        );
         let max_frame = 13 + MAX_REQUEST as usize + self.shared.lengths.piece_bitfield_bytes();
         let mut frames = FrameReader::new(rd, max_frame);
         let result = loop {
@@ -697,10 +725,16 @@ impl Swarm {
                         Ok(Err(e)) => break Err(e.into()),
                         Ok(Ok(None)) => break Ok(()),
                         Ok(Ok(Some(msg))) => {
-                            if conn_limit::useful(&msg) {
+                            let zpiece = self.shared.opts.compress
+                                && matches!(msg, Msg::Extended { id, .. } if id == zblock::OUR_ID);
+                            if conn_limit::useful(&msg) || zpiece {
                                 slot.iter().for_each(|s| s.touch());
                             }
-                            if let Err(e) = self.on_message(key, msg) {
+                            let r = match msg {
+                                Msg::Extended { payload, .. } if zpiece => self.on_zpiece(key, &payload),
+                                msg => self.on_message(key, msg),
+                            };
+                            if let Err(e) = r {
                                 break Err(e);
                             }
                         }
@@ -717,14 +751,15 @@ impl Swarm {
     fn register(
         &self,
         addr: SocketAddr,
-        peer_id: [u8; 20],
-        fast: bool,
+        hs: wire::PeerHandshake,
         outgoing: bool,
         tx: mpsc::UnboundedSender<Out>,
         kill: Arc<Notify>,
         uploaded_to: Arc<AtomicU64>,
         backlog: Arc<Backlog>,
+        zstd_id: Arc<std::sync::atomic::AtomicU8>,
     ) -> Result<u64, SwarmError> {
+        let (peer_id, fast) = (hs.peer_id, hs.fast);
         let mut st = self.lock();
         if outgoing {
             if let Some(k) = st.known.get_mut(&addr) {
@@ -776,6 +811,7 @@ impl Swarm {
                 outgoing,
                 admit: Admission::default(),
                 backlog: backlog.clone(),
+                zstd_id,
             },
         );
         // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
@@ -789,6 +825,15 @@ impl Swarm {
         };
         let p = st.peers.get(&key).expect("inserted");
         p.send(first);
+        if self.shared.opts.compress && hs.extended {
+            p.send(Msg::Extended {
+                id: zblock::HANDSHAKE_ID,
+                payload: zblock::handshake_payload(concat!(
+                    "blockswarm ",
+                    env!("CARGO_PKG_VERSION")
+                )),
+            });
+        }
         // We never choke on a LAN: everyone may ask from the start.
         p.send(Msg::Unchoke);
         Ok(key)
@@ -864,6 +909,16 @@ impl Swarm {
                 self.fill_requests(st, key);
             }
             Msg::Other(id) => debug!(id, "ignoring unknown message"),
+            Msg::Extended { id, payload } => {
+                if id == zblock::HANDSHAKE_ID && self.shared.opts.compress {
+                    if let Some(p) = st.peers.get(&key) {
+                        let zid = zblock::peer_id_for_zstd(&payload).unwrap_or(0);
+                        p.zstd_id.store(zid, Ordering::Relaxed);
+                    }
+                } else {
+                    debug!(id, "ignoring an extension message");
+                }
+            }
             Msg::Bitfield(b) => {
                 let bits = wire::bitfield_to(&b, n as usize)?;
                 self.set_has_all(st, key, Some(bits));
@@ -988,7 +1043,15 @@ impl Swarm {
                 }
                 self.fill_requests(st, key);
             }
-            Msg::Piece { index, begin, data } => self.on_block(st, key, index, begin, data)?,
+            Msg::Piece { index, begin, data } => {
+                // From a `bs_zstd` peer, a plain block is one that does not compress.
+                let form = st
+                    .peers
+                    .get(&key)
+                    .is_some_and(|p| p.zstd_id.load(Ordering::Relaxed) != 0)
+                    .then_some(Form::Raw);
+                self.on_block(st, key, index, begin, data, form)?
+            }
         }
         Ok(())
     }
@@ -1159,6 +1222,7 @@ impl Swarm {
             first_missing: 0,
             from: vec![NOBODY; nb],
             owner: None,
+            forms: vec![None; nb],
         }
     }
 
@@ -1318,6 +1382,7 @@ impl Swarm {
         index: u32,
         begin: u32,
         data: Vec<u8>,
+        form: Option<Form>,
     ) -> Result<(), SwarmError> {
         let lengths = &self.shared.lengths;
         let vi = lengths
@@ -1368,6 +1433,7 @@ impl Swarm {
         ip.blocks[b] = Block::Received;
         ip.received += 1;
         ip.from[b] = key;
+        ip.forms[b] = form;
         let others: Vec<u64> = ip.requesters[b].drain(..).filter(|&k| k != key).collect();
         let done = ip.received as usize == ip.blocks.len();
         // End game: tell the other requesters of this block to stop.
@@ -1398,7 +1464,7 @@ impl Swarm {
         let storage = self.shared.storage.clone();
         let offset = index as u64 * self.shared.info.piece_length as u64;
         let contributors = ip.contributors();
-        let InProgress { buf, .. } = ip;
+        let InProgress { buf, forms, .. } = ip;
         let res = tokio::task::spawn_blocking(move || {
             let digest: [u8; 20] = Sha1::digest(&buf).into();
             if digest != expected {
@@ -1412,6 +1478,7 @@ impl Swarm {
         match res {
             Ok(Ok(true)) => {
                 debug!(piece = index, "piece verified and written");
+                self.keep_forms(index, forms);
                 self.mark_have(&mut st, index)
             }
             Ok(Ok(false)) => {
@@ -1660,6 +1727,7 @@ impl Swarm {
             hash_failures: st.hash_failures,
             unreadable_pieces: st.servable.unreadable_pieces(),
             pieces_verified: st.servable.verified_count() as u32,
+            zstd: self.shared.zstats.lock().expect("zstats lock").clone(),
             peers: st
                 .peers
                 .values()
@@ -1674,6 +1742,7 @@ impl Swarm {
                     fast: p.fast,
                     useful: p.useful,
                     since_block: p.last_block.map(|t| t.elapsed()),
+                    zstd: p.zstd_id.load(Ordering::Relaxed) != 0,
                 })
                 .collect(),
         }

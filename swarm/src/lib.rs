@@ -21,6 +21,7 @@ pub mod storage;
 pub mod test_support;
 pub mod tracker;
 pub mod wire;
+pub mod zblock;
 
 pub use engine::{new_peer_id, CorruptPiece, PeerStats, Stats, Swarm, SwarmOptions, TorrentInfo};
 pub use storage::{DeviceStorage, PackedFileStorage, Storage};

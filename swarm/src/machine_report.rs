@@ -65,6 +65,9 @@ pub struct MachineReport {
     /// On failure: the one-line error and the exit code.
     pub error: Option<String>,
     pub exit: Option<i32>,
+    /// Its compressed traffic with other blockswarm peers (`bs_zstd`), if any.
+    #[serde(default)]
+    pub zstd: Option<crate::zblock::ZStats>,
 }
 
 /// `s` as one printable line of at most [`MAX_FIELD`] bytes (the failure report's bound).
@@ -145,6 +148,7 @@ mod tests {
             mac: None,
             error: Some("x".repeat(1000)),
             exit: None,
+            zstd: None,
         }
     }
 

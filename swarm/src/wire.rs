@@ -11,6 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bit of the handshake's reserved field announcing the Fast extension (BEP 6).
 pub const RESERVED_FAST: u64 = 0x04;
+/// Bit of the handshake's reserved field announcing the extension protocol (BEP 10:
+/// reserved byte 5, 0x10).
+pub const RESERVED_EXTENDED: u64 = 0x10_0000;
+/// Message id of the extension protocol's messages (BEP 10).
+pub const ID_EXTENDED: u8 = 20;
 /// Block size used for requests: 16 KiB, what every client expects.
 pub const BLOCK_SIZE: u32 = 16 * 1024;
 /// Largest block a peer may request from us.
@@ -53,7 +58,12 @@ pub enum Msg {
     HaveNone,
     Reject(Req),
     AllowedFast(u32),
-    /// A message id we do not handle (DHT port, extension protocol, ...): ignored.
+    /// An extension-protocol message (BEP 10): its extended id and the rest.
+    Extended {
+        id: u8,
+        payload: Vec<u8>,
+    },
+    /// A message id we do not handle (DHT port, ...): ignored.
     Other(u8),
 }
 
@@ -75,9 +85,10 @@ pub async fn write_handshake<W: AsyncWrite + Unpin>(
     w: &mut W,
     info_hash: [u8; 20],
     peer_id: [u8; 20],
+    extended: bool,
 ) -> Result<(), WireError> {
     let h = Handshake {
-        reserved: RESERVED_FAST,
+        reserved: RESERVED_FAST | if extended { RESERVED_EXTENDED } else { 0 },
         info_hash: Id20::new(info_hash),
         peer_id: Id20::new(peer_id),
     };
@@ -94,6 +105,8 @@ pub struct PeerHandshake {
     pub info_hash: [u8; 20],
     pub peer_id: [u8; 20],
     pub fast: bool,
+    /// It speaks the extension protocol (BEP 10).
+    pub extended: bool,
 }
 
 /// Reads the peer's handshake.
@@ -105,6 +118,7 @@ pub async fn read_handshake<R: AsyncRead + Unpin>(r: &mut R) -> Result<PeerHands
         info_hash: h.info_hash.0,
         peer_id: h.peer_id.0,
         fast: h.reserved & RESERVED_FAST != 0,
+        extended: h.reserved & RESERVED_EXTENDED != 0,
     })
 }
 
@@ -149,6 +163,13 @@ pub fn decode_frame(frame: &[u8]) -> Result<Msg, WireError> {
             need(12)?;
             Ok(Msg::Reject(req_from(payload)))
         }
+        ID_EXTENDED => match payload.split_first() {
+            Some((&id, rest)) => Ok(Msg::Extended {
+                id,
+                payload: rest.to_vec(),
+            }),
+            None => Err(WireError::Malformed("empty extended message".into())),
+        },
         0..=8 => {
             let (m, _) = Message::deserialize(frame, &[])
                 .map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -181,7 +202,8 @@ pub fn decode_frame(frame: &[u8]) -> Result<Msg, WireError> {
                         data,
                     }
                 }
-                Message::Extended(_) => Msg::Other(20),
+                // Not reached: id 20 is decoded above.
+                Message::Extended(_) => Msg::Other(ID_EXTENDED),
             })
         }
         other => Ok(Msg::Other(other)),
@@ -208,6 +230,13 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
         Msg::HaveAll => return fixed(out, ID_HAVE_ALL, &[]),
         Msg::HaveNone => return fixed(out, ID_HAVE_NONE, &[]),
         Msg::Reject(r) => return fixed(out, ID_REJECT, &req_bytes(r)),
+        Msg::Extended { id, payload } => {
+            out.extend_from_slice(&(2 + payload.len() as u32).to_be_bytes());
+            out.push(ID_EXTENDED);
+            out.push(*id);
+            out.extend_from_slice(payload);
+            return;
+        }
         Msg::Other(_) => return,
         Msg::KeepAlive => Message::KeepAlive,
         Msg::Choke => Message::Choke,
@@ -344,6 +373,14 @@ mod tests {
             Msg::HaveNone,
             Msg::Reject(r),
             Msg::AllowedFast(11),
+            Msg::Extended {
+                id: 0,
+                payload: b"d1:md7:bs_zstdi1eee".to_vec(),
+            },
+            Msg::Extended {
+                id: 3,
+                payload: vec![],
+            },
         ];
         for m in msgs {
             let mut buf = Vec::new();
@@ -367,6 +404,23 @@ mod tests {
         let mut ours = piece_header(5, 32768, 300).to_vec();
         ours.extend_from_slice(&data);
         assert_eq!(ours, buf);
+    }
+
+    #[test]
+    fn extended_messages_follow_bep10() {
+        let mut buf = Vec::new();
+        encode(
+            &Msg::Extended {
+                id: 1,
+                payload: vec![9],
+            },
+            &mut buf,
+        );
+        assert_eq!(buf, [0, 0, 0, 3, 20, 1, 9]);
+        assert!(decode_frame(&[0, 0, 0, 1, 20]).is_err(), "no extended id");
+        // Reserved byte 5, bit 0x10, in the big-endian reserved field.
+        assert_eq!(RESERVED_EXTENDED.to_be_bytes()[5], 0x10);
+        assert_eq!(RESERVED_FAST.to_be_bytes()[7], 0x04);
     }
 
     #[test]

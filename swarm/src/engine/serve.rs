@@ -18,6 +18,7 @@ use super::{Out, Shared, Swarm, MAX_BATCH};
 use crate::backlog::Backlog;
 use crate::servable::{Checked, Outcome, ReadPlan};
 use crate::wire::{self, Msg, Req, MAX_REQUEST};
+use crate::zblock::{self, Form};
 
 /// A stored piece that does not match the manifest's hash (found on first serve).
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ impl Swarm {
         key: u64,
         uploaded_to: Arc<AtomicU64>,
         backlog: Arc<Backlog>,
+        zstd_id: Arc<std::sync::atomic::AtomicU8>,
     ) {
         let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
         let mut queue = ServeQueue {
@@ -153,21 +155,37 @@ impl Swarm {
                 // Seeder start-up: until every peer holds a couple of pieces to trade, one
                 // connection at a time sends a whole batch, so the first pieces arrive
                 // after a piece's time on the wire instead of all of them after N times.
+                let data = bytes::Bytes::from(data);
+                let zid = Self::zstd_id_of(&zstd_id);
+                let forms = if zid != 0 {
+                    self.forms_for(&batch, data.clone()).await
+                } else {
+                    Vec::new()
+                };
                 let turn = if self.shared.opts.prefer_unsent && self.ramping() {
                     self.shared.turns.acquire().await.ok()
                 } else {
                     None
                 };
-                for r in batch {
-                    self.throttle(r.length as u64).await;
+                for (k, r) in batch.into_iter().enumerate() {
                     let at = (r.begin - first.begin) as usize;
-                    let header = wire::piece_header(r.index, r.begin, r.length);
-                    if wr.write_all(&header).await.is_err()
-                        || wr
-                            .write_all(&data[at..at + r.length as usize])
-                            .await
-                            .is_err()
-                    {
+                    let sent = match forms.get(k) {
+                        Some(Form::Zstd(frame)) => {
+                            self.throttle(frame.len() as u64).await;
+                            let h = zblock::header(zid, r.index, r.begin, r.length, frame.len());
+                            wr.write_all(&h).await.is_ok() && wr.write_all(frame).await.is_ok()
+                        }
+                        _ => {
+                            self.throttle(r.length as u64).await;
+                            let header = wire::piece_header(r.index, r.begin, r.length);
+                            wr.write_all(&header).await.is_ok()
+                                && wr
+                                    .write_all(&data[at..at + r.length as usize])
+                                    .await
+                                    .is_ok()
+                        }
+                    };
+                    if !sent {
                         break 'outer;
                     }
                     uploaded_to.fetch_add(r.length as u64, Ordering::Relaxed);
