@@ -51,6 +51,8 @@ LOSS_HOW=""         # netem, or drop-class where the kernel has no netem (loss, 
 PREFIX=bsl          # network namespaces are PREFIX<pid>-sw, PREFIX<pid>-h0 .. (--prefix)
 SUBNET=10.77.0.0/24 # the LAN's subnet (--subnet); host i (0 = seeder) gets the (i+1)th address
 IDLE_WAIT=90        # seconds to wait for an idle machine before each run (--idle-wait)
+PLAIN_TOO=0         # --plain-too: also run blockswarm with --no-compress (today's engine without bs_zstd)
+SW_FLAGS=()         # extra flags of the seeder and every receiver (--no-compress for the plain run)
 UDPZSTD=1           # --no-udpzstd: skip the udpcast + zstd (Clonezilla) baseline
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/lan-image.sh
@@ -74,6 +76,8 @@ Options:
   --subnet CIDR      the LAN's IPv4 subnet (default $SUBNET; hosts get its first addresses)
   --no-udpcast       skip both udpcast baselines
   --no-udpzstd       skip the udpcast + zstd baseline (partclone | zstd -3 -T0 | udp-sender)
+  --plain-too        per N, also run blockswarm with --no-compress (plain BitTorrent
+                     blocks, no bs_zstd), in the same run: the gain of compression
   --idle-wait SECS   before each run wait up to SECS for the machine to be idle (default $IDLE_WAIT)
   --slow-one | --late-join SECS | --kill-one | --scenario-n N   scenarios (above)
   --scenarios-only   run only the scenarios, not the N table
@@ -98,6 +102,7 @@ while [ $# -gt 0 ]; do
         --piece-size) PIECE=$2; shift ;;
         --no-udpcast) UDPCAST=0 ;;
         --no-udpzstd) UDPZSTD=0 ;;
+        --plain-too) PLAIN_TOO=1 ;;
         --image) IMAGE_KIND=$2; shift ;;
         --prefix) PREFIX=$2; shift ;;
         --subnet) SUBNET=$2; shift ;;
@@ -381,7 +386,7 @@ launch_receiver() {
         ip netns exec "${P}h$i" timeout -k 5 "$tmo" \
             bash -c 'f=$1; shift; "$@"; rc=$?; times >"$f"; exit $rc' _ "$RUN/r$i$tag.cpu" "$BIN/receiver" \
             --manifest "http://${IPS[0]}:6880/t/$TOKEN/$NAME.torrent" --target "$TMP/t$i" \
-            --listen "${IPS[$i]}:6881" --verify "${extra[@]}" -q $VERB 2>&1 | stamp >"$RUN/r$i$tag.log"
+            --listen "${IPS[$i]}:6881" --verify "${extra[@]}" "${SW_FLAGS[@]}" -q $VERB 2>&1 | stamp >"$RUN/r$i$tag.log"
         echo "${PIPESTATUS[0]} $(now)" >"$RUN/r$i$tag.rc"
         times >"$RUN/r$i$tag.times"
     ) 2>>"$RUN/launcher.err" &
@@ -442,7 +447,7 @@ run_swarm() {
     cpu_baseline
     (
         ip netns exec "${P}h0" timeout -k 5 "$stmo" "$BIN/seeder" "$MANIFEST" --source "$IMG" \
-            --listen "${IPS[0]}:6881" --http "${IPS[0]}:6880" --token "$TOKEN" --expect "$n" -q $VERB \
+            --listen "${IPS[0]}:6881" --http "${IPS[0]}:6880" --token "$TOKEN" --expect "$n" -q $VERB "${SW_FLAGS[@]}" \
             >"$RUN/seeder.json" 2> >(stamp >"$RUN/seeder.log")
         rc=$?
         times >"$RUN/seeder.times"
@@ -510,7 +515,7 @@ run_swarm() {
     COPIES=$(jq -r '.uploaded_copies // empty' "$RUN/seeder.json" 2>/dev/null | head -1)
     [ -n "$COPIES" ] && COPIES=$(printf '%.2f' "$COPIES") || COPIES="n/a"
     # a seeder with compressed pieces (issue 13) reports its zstd frames: wire vs raw bytes
-    SW_Z=$(jq -r 'if .compression then "\(.compression.sent_frames) \(.compression.sent_compressed_bytes) \(.compression.sent_raw_bytes)" else empty end' \
+    SW_Z=$(jq -r 'if .zstd and .zstd.sent_blocks > 0 then "\(.zstd.sent_blocks) \(.zstd.sent_frame_bytes) \(.zstd.sent_raw_bytes)" else empty end' \
         "$RUN/seeder.json" 2>/dev/null | head -1)
     last_done=0 last_exit=0
     : >"$RUN/receivers.txt"
@@ -593,6 +598,13 @@ if [ $SKIP_MAIN = 0 ]; then
     say "$hdr"
     SUMMARY=() ZNOTES=()
     for n in $COUNTS; do
+        pt="-" pr="-" pok="-" prx="-"
+        if [ $PLAIN_TOO = 1 ]; then
+            SW_FLAGS=(--no-compress)
+            run_swarm "$n" "plain-n$n" none
+            SW_FLAGS=()
+            pt=$SW_EXIT; pr=$(ratio "$SW_EXIT"); pok="$((n - SW_BAD))/$n"; prx=$(cpu_avg "$LOGS/plain-n$n" "$n")
+        fi
         run_swarm "$n" "swarm-n$n" none
         sc=$CPU_AVG spk=$CPU_PEAK sown=$CPU_OWN
         ver="$((n - SW_BAD))/$n"
@@ -613,8 +625,8 @@ if [ $SKIP_MAIN = 0 ]; then
             "$COPIES" "$sc" "$spk" "$sown" "$NET_RETX" "$ver" "$ut" "$ur" "$uc" "$uown" "$uok" \
             "$zt" "$zr" "$zc" "$zown" "$zok")
         say "$line"
-        SUMMARY+=("$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' "$n" \
-            "$SW_EXIT" "$(ratio "$SW_EXIT")" "$ver" "$ut" "$ur" "$uok" "$zt" "$zr" "$zok" "$srx" "$urx" "$zrx")")
+        SUMMARY+=("$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s %7s' "$n" \
+            "$SW_EXIT" "$(ratio "$SW_EXIT")" "$ver" "$pt" "$pr" "$pok" "$ut" "$ur" "$uok" "$zt" "$zr" "$zok" "$srx" "$prx" "$urx" "$zrx")")
         [ -s "$LOGS/swarm-n$n/problems.txt" ] && say "    (problems in swarm-n$n: see logs/swarm-n$n/problems.txt)"
         if [ -n "$SW_Z" ]; then
             read -r zf zc zr <<<"$SW_Z"
@@ -627,8 +639,8 @@ if [ $SKIP_MAIN = 0 ]; then
     say ""
     say "== summary: time in s and (time / (S/R)), S = $S used bytes, R = $RATE Mbit/s, S/R = $IDEAL s; rx_cpu = user+sys s per receiver (average)"
     [ $UDPZSTD = 1 ] && say "   zstd -$ZSTD_LEVEL stream: $ZSTD_BYTES bytes = S / $(calc "'%.2f' % ($S / max(1, $ZSTD_BYTES))")"
-    say "$(printf '%3s | %-19s | %-19s | %-19s | %s' '' blockswarm udpcast 'udpcast+zstd' 'rx_cpu (s per receiver)')"
-    say "$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s' N time ratio ok time ratio ok time ratio ok ours udpcast udp+zst)"
+    say "$(printf '%3s | %-19s | %-19s | %-19s | %-19s | %s' '' blockswarm 'blockswarm plain' udpcast 'udpcast+zstd' 'rx_cpu (s per receiver)')"
+    say "$(printf '%3s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %6s %5s %6s | %7s %7s %7s %7s' N time ratio ok time ratio ok time ratio ok time ratio ok ours plain udpcast udp+zst)"
     for l in "${SUMMARY[@]}"; do say "$l"; done
     for l in "${ZNOTES[@]}"; do say "   $l"; done
     say ""

@@ -147,3 +147,93 @@ fn no_compress_turns_bs_zstd_off_on_either_side() {
         z_of(3)
     );
 }
+
+/// Item 3: `imager --save DIR --compress` stores the packed data as NAME.bsz, well under the
+/// packed size; `seeder --image DIR` serves it: frames straight from the file to our
+/// receivers (the seeder compresses nothing itself), plain decompressed blocks to aria2c.
+#[test]
+fn a_compressed_saved_image_is_small_and_seeded_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, files) = make_ext4_compressible(d, "src", 48, 12, 224);
+    let save = d.join("saved");
+    let mpath = image(
+        &img,
+        &d.join("m.torrent"),
+        &[
+            "--piece-size",
+            "256K",
+            "--save",
+            save.to_str().unwrap(),
+            "--compress",
+        ],
+    );
+    let m = read_manifest(&mpath);
+    assert!(
+        !save.join(&m.name).exists(),
+        "the plain packed file was written too"
+    );
+    let bsz = std::fs::metadata(save.join(format!("{}.bsz", m.name)))
+        .unwrap()
+        .len();
+    assert!(
+        bsz * 2 < m.total_length(),
+        "compressed image of {bsz} bytes for {} packed",
+        m.total_length()
+    );
+    let net = 224;
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let saved_m = save.join(format!("{}.torrent", m.name));
+    let mut seeder = seeder(
+        &ip(1),
+        &saved_m,
+        &["--image", save.to_str().unwrap(), "--expect", "2"],
+        d,
+        "seeder",
+    );
+    let url = manifest_url(&ip(1), &m);
+    let served = d.join("served.torrent");
+    assert!(wait_until(Duration::from_secs(10), || http_get(&url)
+        .map(|b| std::fs::write(&served, b).is_ok())
+        .unwrap_or(false)));
+    let aria_out = d.join("aria2");
+    let mut aria = Proc::spawn(
+        "aria2c",
+        std::process::Command::new("aria2c")
+            .arg("-d")
+            .arg(&aria_out)
+            .args([
+                "--seed-time=0",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--file-allocation=none",
+                "--listen-port=7921-7939",
+                "--bt-external-ip=127.0.0.1",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(&served),
+        d,
+    );
+    let mut rs = start_receivers(net, 2..=3, &url, &m, &["--verify"], d, 0);
+    wait_all_ok(&mut rs, T);
+    assert_eq!(aria.wait(T), 0, "aria2c:\n{}", aria.stderr_text());
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    assert!(
+        seeder.stderr_text().contains("compressed image"),
+        "{}",
+        seeder.stderr_text()
+    );
+    for (t, _) in &rs {
+        assert_same_ext4(&img, t, &m, &files);
+    }
+    let got = std::fs::read(aria_out.join(&m.name)).unwrap();
+    assert!(got == packed_data(&img, &m), "aria2c's copy differs");
+    let st = seeder_status(&seeder);
+    let z = &st["zstd"];
+    assert!(z["sent_blocks"].as_u64().unwrap() > 0, "{z}");
+    // The frames came from the file; blocks not in the cache were never recompressed.
+    assert_eq!(z["compressed_here"], 0, "{z}");
+}

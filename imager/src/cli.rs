@@ -80,6 +80,13 @@ pub struct Cli {
     #[arg(long, env = "IMAGER_SAVE", value_name = "DIR")]
     pub save: Option<PathBuf>,
 
+    /// With --save: store the packed data compressed, as NAME.bsz (16 KiB blocks, each a
+    /// zstd frame or raw; layout in manifest/FORMAT.md) instead of NAME. `seeder --image DIR`
+    /// serves it, its frames as they are to blockswarm receivers; other BitTorrent clients
+    /// cannot seed it.
+    #[arg(long, env = "IMAGER_COMPRESS", requires = "save")]
+    pub compress: bool,
+
     /// Copy the used runs straight onto TARGET (a partition or image file at least as large
     /// as the source), like `partclone -b`. No manifest is printed unless -o is given.
     #[arg(long, env = "IMAGER_COPY_TO", value_name = "TARGET")]

@@ -199,8 +199,28 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     let name = cli.name.clone().unwrap_or_else(|| default_name(source));
     blockswarm_manifest::validate_name(&name)?;
 
+    let mut zsave = match &cli.save {
+        Some(dir) if cli.compress => {
+            fs::create_dir_all(dir).map_err(|e| ImagerError::Output {
+                path: dir.clone(),
+                source: e,
+            })?;
+            let path = dir.join(blockswarm_swarm::zimage::file_name(&name));
+            let writer = blockswarm_swarm::zimage::ZImageWriter::create(&path).map_err(|e| {
+                ImagerError::Output {
+                    path: path.clone(),
+                    source: e,
+                }
+            })?;
+            Some(pipeline::ZSaveSink {
+                writer: Some(writer),
+                path,
+            })
+        }
+        _ => None,
+    };
     let mut save = match &cli.save {
-        Some(dir) => {
+        Some(dir) if !cli.compress => {
             fs::create_dir_all(dir).map_err(|e| ImagerError::Output {
                 path: dir.clone(),
                 source: e,
@@ -212,7 +232,7 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
             })?;
             Some(pipeline::SaveSink { file, path })
         }
-        None => None,
+        _ => None,
     };
     let mut copy = match &cli.copy_to {
         Some(target) => {
@@ -230,6 +250,9 @@ pub fn run(cli: &Cli) -> Result<(), ImagerError> {
     };
     let mut sinks: Vec<&mut dyn pipeline::Sink> = Vec::new();
     if let Some(s) = save.as_mut() {
+        sinks.push(s);
+    }
+    if let Some(s) = zsave.as_mut() {
         sinks.push(s);
     }
     if let Some(c) = copy.as_mut() {

@@ -166,6 +166,31 @@ fn collect_in_order(
     Ok(())
 }
 
+/// `--save DIR --compress`: writes the packed stream as a compressed image (`zimage`).
+pub struct ZSaveSink {
+    pub writer: Option<blockswarm_swarm::zimage::ZImageWriter>,
+    pub path: std::path::PathBuf,
+}
+
+impl Sink for ZSaveSink {
+    fn piece(&mut self, _index: u32, packed_offset: u64, data: &[u8]) -> Result<(), ImagerError> {
+        let w = self.writer.as_mut().expect("not finished");
+        w.push(data).map_err(|e| ImagerError::Write {
+            path: self.path.clone(),
+            offset: packed_offset,
+            source: e,
+        })
+    }
+    fn finish(&mut self) -> Result<(), ImagerError> {
+        let w = self.writer.take().expect("finished once");
+        w.finish().map_err(|e| ImagerError::Write {
+            path: self.path.clone(),
+            offset: 0,
+            source: e,
+        })
+    }
+}
+
 /// `--save DIR`: writes the packed stream to one file.
 pub struct SaveSink {
     pub file: File,

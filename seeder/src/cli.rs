@@ -28,7 +28,9 @@ pub struct Cli {
     pub source: Option<PathBuf>,
 
     /// Image mode: serve the packed file from a directory written by `imager --save DIR`
-    /// (the manifest defaults to DIR/<name>.torrent, the only .torrent there).
+    /// (the manifest defaults to DIR/<name>.torrent, the only .torrent there). A compressed
+    /// image (`imager --save DIR --compress`: DIR/<name>.bsz) is served as it is: its zstd
+    /// frames go to blockswarm receivers unchanged, other clients get plain blocks.
     #[arg(long, env = "SEEDER_IMAGE", value_name = "DIR")]
     pub image: Option<PathBuf>,
 

@@ -124,6 +124,20 @@ fn read_manifest(cli: &Cli) -> Result<DecodedManifest, SeederError> {
 fn open_storage(cli: &Cli, m: &Manifest) -> Result<(Arc<dyn Storage>, String), SeederError> {
     if let Some(dir) = &cli.image {
         let path = dir.join(&m.name);
+        let zpath = dir.join(blockswarm_swarm::zimage::file_name(&m.name));
+        if !path.exists() && zpath.exists() {
+            let z = blockswarm_swarm::zimage::ZImageStorage::open(&zpath).map_err(bad)?;
+            if z.len() != m.total_length() {
+                return Err(bad(format!(
+                    "{} holds {} bytes but the manifest describes {} (wrong or partial image?)",
+                    zpath.display(),
+                    z.len(),
+                    m.total_length()
+                )));
+            }
+            let desc = format!("compressed image {}", zpath.display());
+            return Ok((Arc::new(z), desc));
+        }
         let f = File::open(&path)
             .map_err(|e| bad(format!("cannot open packed file {}: {e}", path.display())))?;
         let len = device::file_size(&f).map_err(bad)?;

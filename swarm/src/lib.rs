@@ -22,6 +22,7 @@ pub mod test_support;
 pub mod tracker;
 pub mod wire;
 pub mod zblock;
+pub mod zimage;
 
 pub use engine::{new_peer_id, CorruptPiece, PeerStats, Stats, Swarm, SwarmOptions, TorrentInfo};
 pub use storage::{DeviceStorage, PackedFileStorage, Storage};

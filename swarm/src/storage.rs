@@ -27,6 +27,11 @@ pub trait Storage: Send + Sync + 'static {
     fn locate(&self, offset: u64) -> String {
         format!("packed offset {offset}")
     }
+    /// The block at `offset` (`len` bytes) as this storage keeps it for `bs_zstd` peers, if
+    /// it keeps blocks compressed (a compressed saved image, `zimage`); None: compress it.
+    fn stored_form(&self, _offset: u64, _len: u32) -> Option<crate::zblock::Form> {
+        None
+    }
 }
 
 /// `posix_fadvise(DONTNEED)` on the pages covering `offset..offset + len` (rounded out to

@@ -88,18 +88,31 @@ impl Swarm {
         if !todo.is_empty() {
             let d = data.clone();
             let jobs = todo.clone();
+            let storage = self.shared.storage.clone();
+            let piece_start = batch[0].index as u64 * self.shared.info.piece_length as u64;
             let made = tokio::task::spawn_blocking(move || {
                 jobs.iter()
-                    .map(|&(_, a, b)| zblock::compress(&d[a..b]).map_or(Form::Raw, Form::Zstd))
+                    .map(|&(_, a, b)| {
+                        // A compressed image keeps its frames: no need to compress again.
+                        match storage
+                            .stored_form(piece_start + first as u64 + a as u64, (b - a) as u32)
+                        {
+                            Some(f) => (f, false),
+                            None => (
+                                zblock::compress(&d[a..b]).map_or(Form::Raw, Form::Zstd),
+                                true,
+                            ),
+                        }
+                    })
                     .collect::<Vec<_>>()
             })
             .await
-            .unwrap_or_else(|_| vec![Form::Raw; todo.len()]);
+            .unwrap_or_else(|_| vec![(Form::Raw, false); todo.len()]);
             let mut cache = self.shared.forms.lock().expect("forms lock");
             let mut zs = self.shared.zstats.lock().expect("zstats lock");
-            for (&(k, _, _), f) in todo.iter().zip(made) {
+            for (&(k, _, _), (f, here)) in todo.iter().zip(made) {
                 let r = &batch[k];
-                zs.compressed_here += 1;
+                zs.compressed_here += here as u64;
                 if self.standard_block(r) {
                     cache.insert(r.index, r.begin, f.clone());
                 }
