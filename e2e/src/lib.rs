@@ -555,3 +555,28 @@ pub fn packed_bytes_differing(source: &Path, target: &Path, m: &Manifest) -> u64
     let (a, b) = (packed_data(source, m), packed_data(target, m));
     a.iter().zip(&b).filter(|(x, y)| x != y).count() as u64
 }
+
+/// Starts Debian's aria2c downloading `torrent` into `out` (no DHT, LPD or PEX; listening on
+/// the port range `ports`, e.g. "7881-7899"; it exits once complete).
+pub fn aria2c(out: &Path, torrent: &Path, ports: &str, logdir: &Path) -> Proc {
+    Proc::spawn(
+        "aria2c",
+        Command::new("aria2c")
+            .arg("-d")
+            .arg(out)
+            .args([
+                "--seed-time=0",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--file-allocation=none",
+                &format!("--listen-port={ports}"),
+                "--bt-external-ip=127.0.0.1",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(torrent),
+        logdir,
+    )
+}

@@ -197,26 +197,7 @@ fn a_compressed_saved_image_is_small_and_seeded_as_it_is() {
         .map(|b| std::fs::write(&served, b).is_ok())
         .unwrap_or(false)));
     let aria_out = d.join("aria2");
-    let mut aria = Proc::spawn(
-        "aria2c",
-        std::process::Command::new("aria2c")
-            .arg("-d")
-            .arg(&aria_out)
-            .args([
-                "--seed-time=0",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--file-allocation=none",
-                "--listen-port=7921-7939",
-                "--bt-external-ip=127.0.0.1",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-            ])
-            .arg(&served),
-        d,
-    );
+    let mut aria = aria2c(&aria_out, &served, "7921-7939", d);
     let mut rs = start_receivers(net, 2..=3, &url, &m, &["--verify"], d, 0);
     wait_all_ok(&mut rs, T);
     assert_eq!(aria.wait(T), 0, "aria2c:\n{}", aria.stderr_text());

@@ -87,26 +87,7 @@ fn aria2c_downloads_the_packed_file_from_our_seeder() {
         "seeder never served its manifest"
     );
     let out = d.join("aria2");
-    let mut aria = Proc::spawn(
-        "aria2c",
-        Command::new("aria2c")
-            .arg("-d")
-            .arg(&out)
-            .args([
-                "--seed-time=0",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--file-allocation=none",
-                "--listen-port=7881-7899",
-                "--bt-external-ip=127.0.0.1",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-            ])
-            .arg(&served),
-        d,
-    );
+    let mut aria = aria2c(&out, &served, "7881-7899", d);
     assert_eq!(
         aria.wait(T),
         0,
@@ -276,26 +257,7 @@ fn mixed_swarm_on_a_compressible_image_trades_zstd_between_our_peers_only() {
     std::fs::create_dir_all(&lt_out).unwrap();
     let mut leech = lt("leech", &served, &lt_out, &ip(9), 100, d);
     let aria_out = d.join("aria2");
-    let mut aria = Proc::spawn(
-        "aria2c",
-        Command::new("aria2c")
-            .arg("-d")
-            .arg(&aria_out)
-            .args([
-                "--seed-time=0",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--file-allocation=none",
-                "--listen-port=7901-7919",
-                "--bt-external-ip=127.0.0.1",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-            ])
-            .arg(&served),
-        d,
-    );
+    let mut aria = aria2c(&aria_out, &served, "7901-7919", d);
     let mut rs = start_receivers(net, 2..=3, &url, &m, &["--seed-after", "30s"], d, 0);
     wait_all_ok(&mut rs, T);
     for (p, name) in [(&mut leech, "libtorrent"), (&mut aria, "aria2c")] {
