@@ -429,12 +429,15 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         String::new()
     };
     eprintln!(
-        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded{zline}",
+        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
         target_path.display(),
         m.total_length(),
         m.total_length() as f64 / 1048576.0 / secs.max(1e-9),
         st.downloaded
     );
+    if !zline.is_empty() {
+        eprintln!("receiver: compressed:{zline}");
+    }
 
     if let Some(task) = verifier {
         state(State::Verifying);
