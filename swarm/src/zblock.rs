@@ -93,6 +93,25 @@ pub fn compress(raw: &[u8]) -> Option<Bytes> {
     })
 }
 
+/// `frame` decompressed, which must give exactly `len` bytes: decompression stops there
+/// (a frame holding more is refused without being expanded).
+pub fn decompress(frame: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    let data = DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        d.as_mut()
+            .expect("set")
+            .decompress(frame, len)
+            .map_err(|e| e.to_string())
+    })?;
+    if data.len() != len {
+        return Err(format!("got {} bytes", data.len()));
+    }
+    Ok(data)
+}
+
 /// A compressed block as received: `index`, `begin`, the decompressed bytes and the frame.
 #[derive(Debug)]
 pub struct ZPiece {
@@ -114,22 +133,7 @@ pub fn decode(payload: &[u8]) -> Result<ZPiece, ZError> {
         return Err(ZError::TooLarge(raw_len));
     }
     let frame = &payload[12..];
-    let data = DECOMPRESSOR.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.is_none() {
-            *d = Some(
-                zstd::bulk::Decompressor::new()
-                    .map_err(|e| ZError::Frame(raw_len, e.to_string()))?,
-            );
-        }
-        d.as_mut()
-            .expect("set")
-            .decompress(frame, raw_len as usize)
-            .map_err(|e| ZError::Frame(raw_len, e.to_string()))
-    })?;
-    if data.len() != raw_len as usize {
-        return Err(ZError::Frame(raw_len, format!("got {} bytes", data.len())));
-    }
+    let data = decompress(frame, raw_len as usize).map_err(|e| ZError::Frame(raw_len, e))?;
     Ok(ZPiece {
         index,
         begin,

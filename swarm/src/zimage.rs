@@ -65,16 +65,9 @@ impl ZImageWriter {
     }
 
     fn put_block(&mut self, block: &[u8]) -> io::Result<()> {
-        let (entry, bytes): (u64, &[u8]) = match zblock::compress(block) {
-            Some(f) => {
-                self.index.push(self.at | ZSTD_BIT);
-                let n = f.len() as u64;
-                self.file
-                    .write_all_at(&f, self.at)
-                    .map_err(|e| ctx(e, "writing", &self.path))?;
-                self.at += n;
-                return Ok(());
-            }
+        let frame = zblock::compress(block);
+        let (entry, bytes) = match &frame {
+            Some(f) => (self.at | ZSTD_BIT, &f[..]),
             None => (self.at, block),
         };
         self.index.push(entry);
@@ -255,10 +248,8 @@ impl Storage for ZImageStorage {
             let within = (at % BLOCK_SIZE as u64) as usize;
             let (bytes, z) = self.stored(b)?;
             let raw = if z {
-                zstd::bulk::decompress(&bytes, self.block_len(b))
-                    .ok()
-                    .filter(|r| r.len() == self.block_len(b))
-                    .ok_or_else(|| bad(&self.path, format!("block {b} does not decompress")))?
+                zblock::decompress(&bytes, self.block_len(b))
+                    .map_err(|e| bad(&self.path, format!("block {b} does not decompress: {e}")))?
             } else {
                 bytes
             };

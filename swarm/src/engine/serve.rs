@@ -156,7 +156,7 @@ impl Swarm {
                 // connection at a time sends a whole batch, so the first pieces arrive
                 // after a piece's time on the wire instead of all of them after N times.
                 let data = bytes::Bytes::from(data);
-                let zid = Self::zstd_id_of(&zstd_id);
+                let zid = zstd_id.load(Ordering::Relaxed);
                 let forms = if zid != 0 {
                     self.forms_for(&batch, data.clone()).await
                 } else {

@@ -2,8 +2,6 @@
 //! compressed block, keeping the forms of a verified piece, and choosing each served block's
 //! form (kept, or compressed here once).
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use tracing::warn;
 
@@ -137,17 +135,12 @@ impl Swarm {
             .collect()
     }
 
-    /// A request for exactly the block at `begin` that every client asks for.
+    /// A request for exactly the block at `begin` that every client asks for (the check
+    /// `on_block` makes of a received block).
     fn standard_block(&self, r: &Req) -> bool {
         let l = &self.shared.lengths;
-        r.begin.is_multiple_of(crate::wire::BLOCK_SIZE)
-            && l.validate_piece_index(r.index)
-                .and_then(|vi| l.chunk_size(vi, r.begin / crate::wire::BLOCK_SIZE))
-                == Some(r.length)
-    }
-
-    /// The id a peer's writer uses for `bs_zstd`, 0 when it takes plain blocks only.
-    pub(super) fn zstd_id_of(id: &std::sync::atomic::AtomicU8) -> u8 {
-        id.load(Ordering::Relaxed)
+        l.validate_piece_index(r.index)
+            .and_then(|vi| l.chunk_info_from_received_data(vi, r.begin, r.length))
+            .is_some()
     }
 }
