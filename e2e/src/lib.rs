@@ -580,3 +580,16 @@ pub fn aria2c(out: &Path, torrent: &Path, ports: &str, logdir: &Path) -> Proc {
         logdir,
     )
 }
+
+/// Waits (10 s at most) until the seeder serves the manifest at `url` and saves it as
+/// `dir/served.torrent` (what a standard BitTorrent client is given); returns that path.
+pub fn fetch_served_manifest(url: &str, dir: &Path) -> PathBuf {
+    let served = dir.join("served.torrent");
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(url)
+            .map(|b| std::fs::write(&served, b).is_ok())
+            .unwrap_or(false)),
+        "seeder never served its manifest at {url}"
+    );
+    served
+}

@@ -192,10 +192,7 @@ fn a_compressed_saved_image_is_small_and_seeded_as_it_is() {
         "seeder",
     );
     let url = manifest_url(&ip(1), &m);
-    let served = d.join("served.torrent");
-    assert!(wait_until(Duration::from_secs(10), || http_get(&url)
-        .map(|b| std::fs::write(&served, b).is_ok())
-        .unwrap_or(false)));
+    let served = fetch_served_manifest(&url, d);
     let aria_out = d.join("aria2");
     let mut aria = aria2c(&aria_out, &served, "7921-7939", d);
     let mut rs = start_receivers(net, 2..=3, &url, &m, &["--verify"], d, 0);

@@ -79,13 +79,7 @@ fn aria2c_downloads_the_packed_file_from_our_seeder() {
     let ip = "127.0.21.1";
     let _seeder = seeder(ip, &mpath, &[], d, "seeder");
     let url = manifest_url(ip, &m);
-    let served = d.join("served.torrent");
-    assert!(
-        wait_until(Duration::from_secs(10), || http_get(&url)
-            .map(|b| std::fs::write(&served, b).is_ok())
-            .unwrap_or(false)),
-        "seeder never served its manifest"
-    );
+    let served = fetch_served_manifest(&url, d);
     let out = d.join("aria2");
     let mut aria = aria2c(&out, &served, "7881-7899", d);
     assert_eq!(
@@ -157,10 +151,7 @@ fn mixed_swarm_of_our_seeder_libtorrent_and_our_receivers_completes() {
     let ip = |h: u8| format!("127.0.{net}.{h}");
     let mut seeder = seeder(&ip(1), &mpath, &["--upload-limit", "4M"], d, "seeder");
     let url = manifest_url(&ip(1), &m);
-    let served = d.join("served.torrent");
-    assert!(wait_until(Duration::from_secs(10), || http_get(&url)
-        .map(|b| std::fs::write(&served, b).is_ok())
-        .unwrap_or(false)));
+    let served = fetch_served_manifest(&url, d);
     let lt_out = d.join("lt");
     std::fs::create_dir_all(&lt_out).unwrap();
     let mut leech = lt("leech", &served, &lt_out, &ip(9), 100, d);
@@ -249,10 +240,7 @@ fn mixed_swarm_on_a_compressible_image_trades_zstd_between_our_peers_only() {
         "seeder",
     );
     let url = manifest_url(&ip(1), &m);
-    let served = d.join("served.torrent");
-    assert!(wait_until(Duration::from_secs(10), || http_get(&url)
-        .map(|b| std::fs::write(&served, b).is_ok())
-        .unwrap_or(false)));
+    let served = fetch_served_manifest(&url, d);
     let lt_out = d.join("lt");
     std::fs::create_dir_all(&lt_out).unwrap();
     let mut leech = lt("leech", &served, &lt_out, &ip(9), 100, d);
