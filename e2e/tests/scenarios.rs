@@ -14,10 +14,9 @@
 //! Addresses: 127.0.160.x .. 127.0.179.x (scenario on 16N, its healthy run on 17N).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use blockswarm_e2e::disk::{find_tool, tools_required, LoopDev};
+use blockswarm_e2e::disk::{find_tool, tools_required, LoopDev, Mount};
 use blockswarm_e2e::evil_peer::{self, Lie};
 use blockswarm_e2e::*;
 use blockswarm_manifest::{exit, Manifest};
@@ -144,27 +143,6 @@ fn row(name: &str, outcome: &str, t: f64, healthy: f64, rewritten: i64, lost: u6
     );
 }
 
-/// A tmpfs mounted on a directory, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir),
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Root and losetup/mount, or SKIP (a failure under `BLOCKSWARM_REQUIRE_FS_TOOLS=1`).
 fn need_loop_devices(test: &str) -> bool {
     let ok = is_root()
@@ -191,8 +169,8 @@ fn a_target_failing_writes_exits_naming_the_offset_is_reported_and_the_others_fi
     let net = 160;
     // The failing disk: a 64 MiB sparse file on an 8 MiB tmpfs behind a loop device. Writes
     // land in the page cache; the loop device fails them (EIO) once the tmpfs is full.
-    let tmpfs = Tmpfs::mount(&f.d.join("small"), "8M");
-    let back = tmpfs.0.join("disk");
+    let tmpfs = Mount::new(Path::new("tmpfs"), &f.d.join("small"), "tmpfs", "size=8M");
+    let back = tmpfs.dir.join("disk");
     std::fs::File::create(&back)
         .unwrap()
         .set_len(f.m.map.device_size())
