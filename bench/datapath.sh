@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The data path (issue 13 item 5): one seeder -> one receiver over loopback, everything in RAM
 # (source and target on /dev/shm), >= 2 GB of used bytes. Prints the receiver's time next to
-# one core's SHA-1 of the same bytes (sha1sum), measured in the same run, and their ratio;
-# medians of --runs runs. Three paths:
+# one core's SHA-1 of the same bytes (openssl sha1; sha1sum shown too), measured in the same
+# run, and their ratio; medians of --runs runs. Three paths:
 #   raw/paged   random data, compression off on both sides, target file whose pages exist
 #   raw/sparse  the same into a fresh sparse target (tmpfs allocates pages as it goes)
 #   zstd/paged  compressible data (hex text: ~2x with zstd -3), bs_zstd on (the default):
 #               the seeder compresses each block once, the receiver decompresses
 # "receiver" = from starting the receiver to its 'complete' line (manifest fetch, transfer,
-# SHA-1 of every piece, writes). Slow (about a minute per path on 2 cores): a bench, not CI.
+# SHA-1 of every piece, writes). Slow (1-2 minutes per path on 2 cores): a bench, not CI.
 #
 # Usage: bench/datapath.sh [--build] [--size MB] [--runs K] [--keep-logs DIR]
 set -euo pipefail
