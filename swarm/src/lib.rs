@@ -15,6 +15,7 @@ pub mod failure_report;
 pub mod gate;
 pub mod http;
 pub mod machine_report;
+pub mod proto;
 pub mod servable;
 pub mod storage;
 #[cfg(any(test, feature = "test-support"))]

@@ -80,7 +80,7 @@ struct CheckGuard<'a> {
 impl Drop for CheckGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.swarm.lock().servable.check_abandoned(self.index);
+            self.swarm.lock().core.servable.check_abandoned(self.index);
             self.swarm.shared.checked.notify_waiters();
         }
     }
@@ -103,7 +103,7 @@ impl Swarm {
             shared: self.shared.clone(),
         };
         let mut buf = Vec::with_capacity(MAX_REQUEST as usize + 64);
-        let fast = self.lock().peers.get(&key).is_some_and(|p| p.fast);
+        let fast = self.lock().links.get(&key).is_some_and(|l| l.fast);
         let keepalive = Duration::from_secs(60);
         'outer: loop {
             // Control messages first, then one queued block, then wait.
@@ -229,9 +229,8 @@ impl Swarm {
             }
         }
         let _ = wr.flush().await;
-        let st = self.lock();
-        if let Some(p) = st.peers.get(&key) {
-            p.kill.notify_one();
+        if let Some(l) = self.lock().links.get(&key) {
+            l.kill.notify_one();
         }
     }
 
@@ -243,7 +242,7 @@ impl Swarm {
             let notified = self.shared.checked.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let plan = self.lock().servable.plan_read(index, Instant::now());
+            let plan = self.lock().core.servable.plan_read(index, Instant::now());
             if plan != ReadPlan::Wait {
                 break plan;
             }
@@ -264,12 +263,12 @@ impl Swarm {
                 match read {
                     Ok(Ok(d)) => {
                         if plan == ReadPlan::Retry {
-                            self.lock().servable.read_ok(index);
+                            self.lock().core.servable.read_ok(index);
                         }
                         Some(d)
                     }
                     Ok(Err(e)) => {
-                        let outcome = self.lock().servable.read_failed(index, Instant::now());
+                        let outcome = self.lock().core.servable.read_failed(index, Instant::now());
                         self.report(index, outcome, Some(&e));
                         None
                     }
@@ -302,6 +301,7 @@ impl Swarm {
                 guard.armed = false;
                 let outcome = self
                     .lock()
+                    .core
                     .servable
                     .check_done(index, checked, Instant::now());
                 self.shared.checked.notify_waiters();
@@ -337,17 +337,17 @@ impl Swarm {
             ),
             Outcome::Unreadable { first: false } | Outcome::Serve => {}
             Outcome::Corrupt => {
-                let mut st = self.lock();
-                if st.corrupt.is_none() {
+                let mut node = self.lock();
+                if node.corrupt.is_none() {
                     let location = self.shared.storage.locate(start);
                     debug!(piece = index, %location, "stored piece does not match its SHA-1");
-                    st.corrupt = Some(CorruptPiece {
+                    node.corrupt = Some(CorruptPiece {
                         index,
                         packed,
                         location,
                     });
                 }
-                drop(st);
+                drop(node);
                 self.shared.changed.notify_waiters();
             }
         }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tracing::warn;
 
 use super::Swarm;
+use crate::proto::Input;
 use crate::wire::Req;
 use crate::zblock::{self, Form};
 use crate::SwarmError;
@@ -18,12 +19,11 @@ impl Swarm {
         let z = match zblock::decode(payload) {
             Ok(z) => z,
             Err(e) => {
-                let mut st = self.lock();
-                if let Some(p) = st.peers.get(&key) {
-                    warn!(peer = %p.addr, "bad compressed block: {e}");
+                let mut node = self.lock();
+                if let Some(l) = node.links.get(&key) {
+                    warn!(peer = %l.addr, "bad compressed block: {e}");
                 }
-                self.ban(&mut st, key, "sent a bad compressed block");
-                return Err(SwarmError::Banned);
+                return self.feed(&mut node, Input::BadZBlock { key });
             }
         };
         {
@@ -32,14 +32,16 @@ impl Swarm {
             zs.received_raw_bytes += z.data.len() as u64;
             zs.received_frame_bytes += z.frame.len() as u64;
         }
-        let mut st = self.lock();
-        self.on_block(
-            &mut st,
-            key,
-            z.index,
-            z.begin,
-            z.data,
-            Some(Form::Zstd(z.frame)),
+        let mut node = self.lock();
+        self.feed(
+            &mut node,
+            Input::ZBlock {
+                key,
+                index: z.index,
+                begin: z.begin,
+                data: z.data,
+                frame: z.frame,
+            },
         )
     }
 
