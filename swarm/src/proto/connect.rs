@@ -122,9 +122,19 @@ impl Core {
     }
 
     /// Known addresses to dial now: not connected (by the peer id that answered there last
-    /// time), not being dialed, not banned, not dialed in the last [`REDIAL_AFTER`].
+    /// time), not being dialed, not banned, not dialed in the last [`REDIAL_AFTER`]; at most
+    /// as many as there are free connection slots, chosen in an order of this node's own
+    /// (a hash of its peer id and the address), so that in a room larger than the cap the
+    /// nodes' connections form a random graph instead of everyone dialing everyone (and
+    /// the same few).
     pub(crate) fn dial_known(&mut self, now: Instant) {
-        if self.peers.len() >= self.cfg.max_peers {
+        let outgoing = self.peers.values().filter(|p| p.outgoing).count();
+        let pending = self.connecting.len().saturating_sub(outgoing);
+        let free = self
+            .cfg
+            .max_peers
+            .saturating_sub(self.peers.len() + pending);
+        if free == 0 {
             return;
         }
         let connected: HashSet<[u8; 20]> = self.peers.values().map(|p| p.peer_id).collect();
@@ -140,12 +150,22 @@ impl Core {
             })
             .map(|(a, _)| *a)
             .collect();
-        // In order: a run replays the same way (the map's order is random).
-        candidates.sort();
+        let our_id = self.cfg.our_id;
+        candidates.sort_by_cached_key(|a| (spread(&our_id, a), *a));
+        candidates.truncate(free);
         for a in candidates {
             self.known.entry(a).or_default().last_dial = Some(now);
             self.connecting.insert(a);
             self.out.push_back(Action::Dial(a));
         }
     }
+}
+
+/// This node's place for address `a` in its dialing order (fixed-key hash: replayable).
+fn spread(our_id: &[u8; 20], a: &SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    our_id.hash(&mut h);
+    a.hash(&mut h);
+    h.finish()
 }

@@ -14,6 +14,21 @@ use crate::SwarmError;
 use super::pieces::{count_holder, Block};
 use super::{Action, Core, MAX_SUGGESTED};
 
+/// A block's contents: its bytes, or (simulated) only its length.
+pub(crate) enum Payload {
+    Bytes(Vec<u8>),
+    Modelled(u32),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(d) => d.len(),
+            Payload::Modelled(n) => *n as usize,
+        }
+    }
+}
+
 impl Core {
     pub(crate) fn on_message(
         &mut self,
@@ -122,7 +137,7 @@ impl Core {
                     .get(&key)
                     .is_some_and(|p| p.zstd_id != 0)
                     .then_some(Form::Raw);
-                self.on_block(now, key, index, begin, data, form)?
+                self.on_block(now, key, index, begin, Payload::Bytes(data), form)?
             }
         }
         Ok(())
@@ -207,7 +222,7 @@ impl Core {
         key: u64,
         index: u32,
         begin: u32,
-        data: Vec<u8>,
+        data: Payload,
         form: Option<Form>,
     ) -> Result<(), SwarmError> {
         let vi = self
@@ -254,7 +269,11 @@ impl Core {
             self.fill_requests(now, key);
             return Ok(());
         }
-        ip.buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
+        if let Payload::Bytes(d) = &data {
+            if !ip.buf.is_empty() {
+                ip.buf[begin as usize..begin as usize + d.len()].copy_from_slice(d);
+            }
+        }
         ip.blocks[b] = Block::Received;
         ip.received += 1;
         ip.from[b] = key;

@@ -1,5 +1,5 @@
 //! The swarm's decisions, apart from its I/O (sans-IO, the shape of quinn-proto's
-//! `Connection`): no tokio, no sockets, no clock and no randomness of its own. The driver
+//! `Connection`): no async runtime, no sockets, no clock and no randomness of its own. The driver
 //! (`engine`) feeds it [`Input`]s with the current time and carries out the [`Action`]s it
 //! queues; a simulator can do the same with a virtual clock and modelled links.
 //!
@@ -12,7 +12,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,7 @@ pub use connect::Hello;
 pub use peer::client_name;
 pub use stats::{PeerStats, Stats};
 
+use messages::Payload;
 use peer::{Known, PeerState};
 use pieces::InProgress;
 
@@ -63,9 +64,23 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// A known address is dialed again at most this often.
 pub const REDIAL_AFTER: Duration = Duration::from_secs(3);
 
-/// The core's maps hash with fixed keys: what it iterates over comes in the same order
-/// on every run, so a simulation replays exactly (peers never choose the keys).
-pub(crate) type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// The core's maps hash with keys from the node's seed: what it iterates over (pieces in
+/// progress, peers) comes in an order of the node's own, as with std's random keys, yet
+/// the same on every run with that seed, so a simulation replays exactly.
+pub(crate) type Map<K, V> = HashMap<K, V, Seeded>;
+
+/// A `BuildHasher` keyed by a seed (SipHash, as std's maps).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seeded(u64);
+
+impl BuildHasher for Seeded {
+    type Hasher = DefaultHasher;
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut h = DefaultHasher::new();
+        h.write_u64(self.0);
+        h
+    }
+}
 
 /// The policy's tunables (see `SwarmOptions` for what each does).
 #[derive(Debug, Clone)]
@@ -79,6 +94,9 @@ pub struct Config {
     pub prefer_unsent: bool,
     pub trust_initial_pieces: bool,
     pub compress: bool,
+    /// Blocks carry their bytes (a real node). Off: only their lengths are modelled
+    /// ([`Input::ModelledBlock`], the simulator); pieces are assembled without buffers.
+    pub carry_data: bool,
 }
 
 /// What happened, as the driver tells the core.
@@ -98,6 +116,14 @@ pub enum Input {
         begin: u32,
         data: Vec<u8>,
         frame: bytes::Bytes,
+    },
+    /// A block whose bytes are modelled, not carried (the simulator; `Config::carry_data`
+    /// off): handled as a PIECE message of `len` bytes.
+    ModelledBlock {
+        key: u64,
+        index: u32,
+        begin: u32,
+        len: u32,
     },
     /// A compressed block that did not decompress to what it claimed (a lie).
     BadZBlock { key: u64 },
@@ -223,6 +249,7 @@ impl Core {
             Servable::new(n)
         };
         let m = n.max(1) as u64;
+        let hasher = Seeded(seed.rotate_left(17) ^ 0x5bd1_e995);
         Core {
             cfg,
             lengths,
@@ -232,9 +259,9 @@ impl Core {
             have_count,
             bytes_have,
             availability: vec![0; n],
-            in_progress: Map::default(),
-            verifying: Map::default(),
-            peers: Map::default(),
+            in_progress: Map::with_hasher(hasher),
+            verifying: Map::with_hasher(hasher),
+            peers: Map::with_hasher(hasher),
             next_key: 1,
             cursor: (seed % m) as u32,
             banned: HashSet::new(),
@@ -242,13 +269,13 @@ impl Core {
             banned_keys: HashSet::new(),
             single_source: HashSet::new(),
             stalled: Vec::new(),
-            known: Map::default(),
+            known: Map::with_hasher(hasher),
             connecting: HashSet::new(),
             assigned: vec![None; n],
             unassigned: n as u32,
             held: 0,
             suggest_cursor: ((seed >> 32) % m) as usize,
-            refusing: Map::default(),
+            refusing: Map::with_hasher(hasher),
             downloaded: 0,
             hash_failures: 0,
             fatal: None,
@@ -273,7 +300,16 @@ impl Core {
                 begin,
                 data,
                 frame,
-            } => return self.on_block(now, key, index, begin, data, Some(Form::Zstd(frame))),
+            } => {
+                let form = Some(Form::Zstd(frame));
+                return self.on_block(now, key, index, begin, Payload::Bytes(data), form);
+            }
+            Input::ModelledBlock {
+                key,
+                index,
+                begin,
+                len,
+            } => return self.on_block(now, key, index, begin, Payload::Modelled(len), None),
             Input::BadZBlock { key } => {
                 self.ban(key, "sent a bad compressed block");
                 return Err(SwarmError::Banned);
@@ -343,6 +379,19 @@ impl Core {
     /// A fatal storage error, if one happened.
     pub fn fatal(&self) -> Option<&str> {
         self.fatal.as_deref()
+    }
+
+    /// Who sent the blocks of a piece being verified (connection keys), if it is.
+    pub fn senders(&self, index: u32) -> Option<&HashSet<u64>> {
+        self.verifying.get(&index)
+    }
+
+    /// The key of the connected peer with this peer id, if any.
+    pub fn key_of(&self, peer_id: &[u8; 20]) -> Option<u64> {
+        self.peers
+            .iter()
+            .find(|(_, p)| &p.peer_id == peer_id)
+            .map(|(&k, _)| k)
     }
 
     /// Keys of the connected peers.

@@ -93,10 +93,12 @@ impl Core {
 
     pub(crate) fn new_in_progress(&self, index: u32) -> InProgress {
         let vi = self.lengths.validate_piece_index(index).expect("valid");
-        InProgress::new(
-            self.lengths.piece_length(vi) as usize,
-            self.lengths.chunks_per_piece(vi) as usize,
-        )
+        let len = if self.cfg.carry_data {
+            self.lengths.piece_length(vi) as usize
+        } else {
+            0
+        };
+        InProgress::new(len, self.lengths.chunks_per_piece(vi) as usize)
     }
 
     /// Forgets that `key` requested a block; it becomes missing if nobody else asked for it.
