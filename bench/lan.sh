@@ -53,6 +53,7 @@ SUBNET=10.77.0.0/24 # the LAN's subnet (--subnet); host i (0 = seeder) gets the 
 IDLE_WAIT=90        # seconds to wait for an idle machine before each run (--idle-wait)
 PLAIN_TOO=0         # --plain-too: also run blockswarm with --no-compress (today's engine without bs_zstd)
 SW_FLAGS=()         # extra flags of the seeder and every receiver (--no-compress for the plain run)
+BASE_FLAGS=()       # --no-compress: every blockswarm run without bs_zstd (what bench/sim.sh models)
 UDPZSTD=1           # --no-udpzstd: skip the udpcast + zstd (Clonezilla) baseline
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/lan-image.sh
@@ -76,6 +77,8 @@ Options:
   --subnet CIDR      the LAN's IPv4 subnet (default $SUBNET; hosts get its first addresses)
   --no-udpcast       skip both udpcast baselines
   --no-udpzstd       skip the udpcast + zstd baseline (partclone | zstd -3 -T0 | udp-sender)
+  --no-compress      every blockswarm run with --no-compress (plain BitTorrent, as
+                     bench/sim.sh models it)
   --plain-too        per N, also run blockswarm with --no-compress (plain BitTorrent
                      blocks, no bs_zstd), in the same run: the gain of compression
   --idle-wait SECS   before each run wait up to SECS for the machine to be idle (default $IDLE_WAIT)
@@ -103,6 +106,7 @@ while [ $# -gt 0 ]; do
         --no-udpcast) UDPCAST=0 ;;
         --no-udpzstd) UDPZSTD=0 ;;
         --plain-too) PLAIN_TOO=1 ;;
+        --no-compress) BASE_FLAGS=(--no-compress) ;;
         --image) IMAGE_KIND=$2; shift ;;
         --prefix) PREFIX=$2; shift ;;
         --subnet) SUBNET=$2; shift ;;
@@ -597,12 +601,13 @@ if [ $SKIP_MAIN = 0 ]; then
         udp_s udp_r cpu% own% udp_ok zst_s zst_r cpu% own% zst_ok)
     say "$hdr"
     SUMMARY=() ZNOTES=()
+    SW_FLAGS=("${BASE_FLAGS[@]}")
     for n in $COUNTS; do
         pt="-" pr="-" pok="-" prx="-"
         if [ $PLAIN_TOO = 1 ]; then
             SW_FLAGS=(--no-compress)
             run_swarm "$n" "plain-n$n" none
-            SW_FLAGS=()
+            SW_FLAGS=("${BASE_FLAGS[@]}")
             pt=$SW_EXIT; pr=$(ratio "$SW_EXIT"); pok="$((n - SW_BAD))/$n"; prx=$(cpu_avg "$LOGS/plain-n$n" "$n")
         fi
         run_swarm "$n" "swarm-n$n" none
