@@ -53,6 +53,12 @@ struct Cli {
     /// Receivers start within this many milliseconds.
     #[arg(long, env = "SIM_START_SPREAD_MS", default_value_t = 300)]
     start_spread_ms: u64,
+    /// Connections per node at most.
+    #[arg(long, env = "SIM_MAX_PEERS", default_value_t = 128)]
+    max_peers: usize,
+    /// Connections a node opens itself at most.
+    #[arg(long, env = "SIM_DIAL_PEERS", default_value_t = 32)]
+    dial_peers: usize,
     /// Seed of the run's randomness (same seed, same run).
     #[arg(long, env = "SIM_SEED", default_value_t = 1)]
     seed: u64,
@@ -84,6 +90,8 @@ fn go(c: Cli) -> Result<bool> {
         die_pct: c.die,
         liars: c.liars,
         start_spread: Duration::from_millis(c.start_spread_ms),
+        max_peers: c.max_peers,
+        dial_peers: c.dial_peers,
         seed: c.seed,
         ..Params::default()
     };

@@ -5,54 +5,22 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use blockswarm_swarm::proto::{self, Action, Core, Hello, Input, Verified};
-use blockswarm_swarm::wire::{self, Msg, Req};
+use blockswarm_swarm::wire::{Msg, Req};
 use librqbit_core::lengths::Lengths;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::net::{acks_for, on_wire, Hop};
+use crate::net::Hop;
 use crate::topology::{addr_of, node_of, Params, Role};
 use crate::{ns, Ns, SimError};
 
+mod report;
+mod transport;
+
+pub use report::Report;
+
 /// Receivers announce to the tracker this often (ours: at most every 10 s).
 const ANNOUNCE_EVERY: Ns = 10_000_000_000;
-
-/// What a run measured.
-#[derive(Debug, Clone)]
-pub struct Report {
-    /// Completion times of the receivers that finished, as ratios to bytes / rate, sorted.
-    pub ratios: Vec<f64>,
-    /// Receivers killed on purpose.
-    pub died: usize,
-    /// Receivers neither finished nor killed when the run stopped.
-    pub stuck: usize,
-    /// Bytes of blocks the seeders sent, in copies of the image.
-    pub seeder_copies: f64,
-    /// Bytes over switch uplinks (both ways), in copies of the image per switch that has
-    /// receivers and no seeder (the least that must cross); None with one switch.
-    pub uplink: Option<f64>,
-    /// Requests sent to a peer that did not have the piece (must be 0).
-    pub bad_requests: u64,
-    /// (banner, banned) pairs where the banned node is honest (must be empty).
-    pub honest_banned: Vec<(usize, usize)>,
-    /// Liars banned by at least one receiver.
-    pub liars_banned: usize,
-    /// Pieces that failed their check at a receiver.
-    pub hash_failures: u64,
-    /// Events processed.
-    pub events: u64,
-}
-
-impl Report {
-    /// The ratio at quantile `q` (0..=1) of the finished receivers.
-    pub fn quantile(&self, q: f64) -> f64 {
-        if self.ratios.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.ratios.len() - 1) as f64 * q).round() as usize;
-        self.ratios[i]
-    }
-}
 
 /// An event due at a time; ties in the order they were scheduled.
 struct Due(Ns, u64, Ev);
@@ -184,7 +152,8 @@ pub fn run(p: &Params) -> Result<Report, SimError> {
             pipeline_blocks: 64,
             request_queue_time: Duration::from_millis(100),
             max_pieces_in_progress: ((64u64 << 20) / p.piece_length() as u64).clamp(4, 64) as usize,
-            max_peers: 128,
+            max_peers: p.max_peers,
+            dial_peers: p.dial_peers,
             request_timeout: Duration::from_secs(20),
             prefer_unsent: role == Role::Seeder,
             trust_initial_pieces: true,
@@ -291,7 +260,7 @@ impl Sim {
                     return;
                 }
                 let up = self.seeder_block_bytes;
-                self.feed(i, Input::Tick { uploaded: up });
+                self.feed(i, None, Input::Tick { uploaded: up });
                 let next = self.nodes[i].core.poll_timeout(self.instant());
                 let t = self.now + next.duration_since(self.instant()).as_nanos() as Ns;
                 self.at(t.max(self.now + 1), Ev::Tick(i));
@@ -307,7 +276,7 @@ impl Sim {
                         self.hash_failures += 1;
                         Verified::Mismatch
                     };
-                    self.feed(node, Input::Verified { index, result });
+                    self.feed(node, None, Input::Verified { index, result });
                 }
             }
             Ev::Die(i) => {
@@ -333,33 +302,20 @@ impl Sim {
                 .filter(|&j| j != i && self.nodes[j].started && self.nodes[j].alive)
                 .map(addr_of)
                 .collect();
-            self.feed(i, Input::PeersLearnt(peers));
+            self.feed(i, None, Input::PeersLearnt(peers));
             if self.nodes[i].done_at.is_none() {
                 self.at(self.now + ANNOUNCE_EVERY, Ev::Announce(i));
             }
         }
     }
 
-    /// Hands `input` to node `i`'s core and carries out its actions.
-    fn feed(&mut self, i: usize, input: Input) {
-        let now = self.instant();
-        // Only a message names a peer to blame (see `feed_from`).
-        let _ = self.nodes[i].core.handle(now, input);
-        self.apply(i);
-        if self.nodes[i].done_at.is_none()
-            && self.nodes[i].role == Role::Receiver
-            && self.nodes[i].core.is_complete()
-        {
-            self.nodes[i].done_at = Some(self.now);
-        }
-    }
-
-    /// Like `feed` for a message on connection `key`: a protocol error closes it.
-    fn feed_from(&mut self, i: usize, key: u64, input: Input) {
+    /// Hands `input` to node `i`'s core and carries out its actions. `from`: the connection
+    /// a message came on (a protocol error closes it; other inputs name no peer to blame).
+    fn feed(&mut self, i: usize, from: Option<u64>, input: Input) {
         let now = self.instant();
         let r = self.nodes[i].core.handle(now, input);
         self.apply(i);
-        if r.is_err() {
+        if let (Err(_), Some(key)) = (r, from) {
             self.close(i, key);
         }
         if self.nodes[i].done_at.is_none()
@@ -477,247 +433,6 @@ impl Sim {
                 }
                 self.apply(j);
             }
-        }
-    }
-
-    fn path(&self, from: usize, to: usize) -> ([usize; 4], u8) {
-        let (a, b) = (&self.nodes[from], &self.nodes[to]);
-        let (sa, sb) = (self.p.switch_of(from), self.p.switch_of(to));
-        if sa == sb {
-            ([a.up, b.down, 0, 0], 2)
-        } else {
-            ([a.up, self.sw_hops[sa].0, self.sw_hops[sb].1, b.down], 4)
-        }
-    }
-
-    fn send(&mut self, i: usize, key: u64, content: Content) {
-        let Some(&(j, jk, _)) = self.nodes[i].conns.get(&key) else {
-            return;
-        };
-        let payload = match &content {
-            Content::Msg(m) => {
-                if let Msg::Request(r) = m {
-                    if !self.nodes[j].core.have_bits()[r.index as usize] {
-                        self.bad_requests += 1;
-                    }
-                }
-                encoded_len(m)
-            }
-            Content::Block(r) => {
-                if self.nodes[i].role == Role::Seeder {
-                    self.seeder_block_bytes += r.length as u64;
-                }
-                self.nodes[i].queued += r.length as u64;
-                13 + r.length as u64
-            }
-        };
-        let (path, len) = self.path(i, j);
-        let data = matches!(content, Content::Block(_));
-        let wire = on_wire(payload);
-        let id = self.next_packet;
-        self.next_packet += 1;
-        let ctrl_at = (!data).then(|| {
-            // A control message is not queued packet by packet (a room sends millions of
-            // HAVEs): it goes ahead of blocks, so it takes its own time on each hop, and
-            // its bytes are charged to each hop's next block. In order per connection.
-            let mut t = self.now;
-            for &h in &path[..len as usize] {
-                let hop = &mut self.hops[h];
-                hop.bytes += wire;
-                hop.debt += wire;
-                t += hop.time_ns(wire) + hop.latency_ns;
-            }
-            let last = self.ctrl_last.entry((i, key)).or_insert(0);
-            *last = t.max(*last + 1);
-            *last
-        });
-        self.packets.insert(
-            id,
-            Packet {
-                from: i,
-                to: j,
-                to_key: jk,
-                from_key: key,
-                content,
-                wire,
-                path,
-                len,
-                pos: if data { 0 } else { len - 1 },
-            },
-        );
-        match ctrl_at {
-            Some(t) => self.at(t, Ev::Arrive(id)),
-            None => self.enqueue(path[0], id),
-        }
-    }
-
-    fn enqueue(&mut self, h: usize, id: u64) {
-        let hop = &mut self.hops[h];
-        hop.data.push_back(id);
-        if !hop.busy {
-            self.start_next(h);
-        }
-    }
-
-    fn start_next(&mut self, h: usize) {
-        let Some(id) = self.hops[h].take_next() else {
-            self.hops[h].busy = false;
-            return;
-        };
-        let wire = self.packets.get(&id).map_or(0, |p| p.wire);
-        let hop = &mut self.hops[h];
-        hop.busy = true;
-        hop.bytes += wire;
-        // Control bytes sent meanwhile delay this block.
-        let t = self.now + hop.time_ns(wire + hop.debt);
-        hop.debt = 0;
-        hop.serving = Some(id);
-        self.at(t, Ev::HopDone(h));
-    }
-
-    fn hop_done(&mut self, h: usize) {
-        let id = self.hops[h].serving.take().expect("a packet in service");
-        let lat = self.hops[h].latency_ns;
-        if let Some(p) = self.packets.get(&id) {
-            if p.pos == 0 {
-                if let Content::Block(r) = &p.content {
-                    let from = p.from;
-                    self.nodes[from].queued -= r.length as u64;
-                }
-            }
-        }
-        self.at(self.now + lat, Ev::Arrive(id));
-        self.start_next(h);
-    }
-
-    fn arrive(&mut self, id: u64) {
-        let Some(p) = self.packets.get_mut(&id) else {
-            return;
-        };
-        p.pos += 1;
-        if p.pos < p.len {
-            let h = p.path[p.pos as usize];
-            self.enqueue(h, id);
-            return;
-        }
-        let p = self.packets.remove(&id).expect("present");
-        let (to, key) = (p.to, p.to_key);
-        let alive = self.nodes[to].alive
-            && self.nodes[to]
-                .conns
-                .get(&key)
-                .is_some_and(|&(f, fk, _)| f == p.from && fk == p.from_key);
-        if !alive {
-            return;
-        }
-        let input = match p.content {
-            Content::Msg(msg) => Input::Message {
-                key,
-                msg,
-                upload_queued: self.nodes[to].queued,
-            },
-            Content::Block(r) => {
-                self.ack(to, p.wire);
-                Input::ModelledBlock {
-                    key,
-                    index: r.index,
-                    begin: r.begin,
-                    len: r.length,
-                }
-            }
-        };
-        self.feed_from(to, key, input);
-    }
-
-    /// The receiver's ACKs take their bytes on its uplink (charged to its next block).
-    fn ack(&mut self, at: usize, wire: u64) {
-        let hop = &mut self.hops[self.nodes[at].up];
-        let a = acks_for(wire);
-        hop.bytes += a;
-        hop.debt += a;
-    }
-
-    /// Drops a block still waiting on the server's uplink for a request it cancelled.
-    fn cancel_serve(&mut self, i: usize, key: u64, r: Req) {
-        let up = self.nodes[i].up;
-        let packets = &self.packets;
-        let pos = self.hops[up].data.iter().position(|id| {
-            packets.get(id).is_some_and(|p| {
-                p.from_key == key && matches!(&p.content, Content::Block(q) if *q == r)
-            })
-        });
-        if let Some(pos) = pos {
-            let id = self.hops[up].data.remove(pos).expect("present");
-            self.packets.remove(&id);
-            self.nodes[i].queued -= r.length as u64;
-            if self.nodes[i].role == Role::Seeder {
-                self.seeder_block_bytes -= r.length as u64;
-            }
-        }
-    }
-
-    fn report(&self, dying: &[usize], ideal: Ns) -> Report {
-        let mut ratios: Vec<f64> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.done_at)
-            .map(|t| t as f64 / ideal as f64)
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        let died = dying.iter().filter(|&&d| !self.nodes[d].alive).count();
-        let stuck = self
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Receiver && n.alive && n.done_at.is_none())
-            .count();
-        let mut honest_banned = Vec::new();
-        let mut liars_banned = 0;
-        for j in 0..self.nodes.len() {
-            let ip = addr_of(j).ip();
-            let by: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].core.is_banned(ip))
-                .collect();
-            if self.nodes[j].role == Role::Liar {
-                liars_banned += (!by.is_empty()) as usize;
-            } else {
-                honest_banned.extend(by.into_iter().map(|i| (i, j)));
-            }
-        }
-        let switches_needing: usize = (0..self.p.switches)
-            .filter(|&s| {
-                let has = |r: Role| {
-                    (0..self.nodes.len())
-                        .any(|i| self.nodes[i].role == r && self.p.switch_of(i) == s)
-                };
-                has(Role::Receiver) && !has(Role::Seeder)
-            })
-            .count();
-        let uplink_bytes: u64 = self.hops.iter().filter(|h| h.uplink).map(|h| h.bytes).sum();
-        let bytes = self.p.bytes as f64;
-        Report {
-            ratios,
-            died,
-            stuck,
-            seeder_copies: self.seeder_block_bytes as f64 / bytes,
-            uplink: (self.p.switches > 1 && switches_needing > 0)
-                .then(|| uplink_bytes as f64 / (switches_needing as f64 * bytes)),
-            bad_requests: self.bad_requests,
-            honest_banned,
-            liars_banned,
-            hash_failures: self.hash_failures,
-            events: self.processed,
-        }
-    }
-}
-
-/// Bytes of `m` on the wire (its length prefix included).
-fn encoded_len(m: &Msg) -> u64 {
-    match m {
-        Msg::Piece { data, .. } => 13 + data.len() as u64,
-        _ => {
-            let mut b = Vec::new();
-            wire::encode(m, &mut b);
-            b.len() as u64
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Params {
     pub die_pct: f64,
     /// Extra seeds that send corrupt blocks (liars).
     pub liars: usize,
+    /// Connections per node at most (`SwarmOptions::max_peers`).
+    pub max_peers: usize,
+    /// Connections a node opens itself at most (`SwarmOptions::dial_peers`).
+    pub dial_peers: usize,
     /// Receivers start at random times within this.
     pub start_spread: Duration,
     /// Hashing rate, bytes per second (a piece is verified this long after it completes).
@@ -54,6 +58,8 @@ impl Default for Params {
             slow_pct: 0.0,
             die_pct: 0.0,
             liars: 0,
+            max_peers: 128,
+            dial_peers: 32,
             start_spread: Duration::from_millis(300),
             hash_rate: 1e9,
             limit_factor: 40.0,

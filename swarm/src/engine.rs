@@ -58,6 +58,11 @@ pub struct SwarmOptions {
     pub max_pieces_in_progress: usize,
     /// Connections at most.
     pub max_peers: usize,
+    /// Connections this node opens itself, at most (the rest of `max_peers` is left for
+    /// peers that dial it: in a room larger than the cap, nodes that started first would
+    /// otherwise fill their slots with each other and leave the later ones a swarm of their
+    /// own with no seeder; found by the simulator, bench/README.md).
+    pub dial_peers: usize,
     /// Upload cap in bytes per second for this node (None: unlimited).
     pub upload_limit: Option<u64>,
     /// Local address to bind outgoing connections to.
@@ -93,6 +98,7 @@ impl Default for SwarmOptions {
             request_queue_time: Duration::from_millis(100),
             max_pieces_in_progress: 16,
             max_peers: 128,
+            dial_peers: 32,
             upload_limit: None,
             bind_ip: None,
             request_timeout: Duration::from_secs(20),
@@ -226,6 +232,7 @@ impl Swarm {
             request_queue_time: opts.request_queue_time,
             max_pieces_in_progress: opts.max_pieces_in_progress,
             max_peers: opts.max_peers,
+            dial_peers: opts.dial_peers,
             request_timeout: opts.request_timeout,
             prefer_unsent: opts.prefer_unsent,
             trust_initial_pieces: opts.trust_initial_pieces,

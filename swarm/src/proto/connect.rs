@@ -123,17 +123,18 @@ impl Core {
 
     /// Known addresses to dial now: not connected (by the peer id that answered there last
     /// time), not being dialed, not banned, not dialed in the last [`REDIAL_AFTER`]; at most
-    /// as many as there are free connection slots, chosen in an order of this node's own
-    /// (a hash of its peer id and the address), so that in a room larger than the cap the
-    /// nodes' connections form a random graph instead of everyone dialing everyone (and
-    /// the same few).
+    /// enough to have `dial_peers` connections of our own (dialed, or pending) and never
+    /// past `max_peers` in all, chosen in an order of this node's own (a hash of its peer id
+    /// and the address). In a room larger than that the connections form a random graph,
+    /// and nodes keep slots free for the ones that start later (see `SwarmOptions`).
     pub(crate) fn dial_known(&mut self, now: Instant) {
         let outgoing = self.peers.values().filter(|p| p.outgoing).count();
         let pending = self.connecting.len().saturating_sub(outgoing);
         let free = self
             .cfg
             .max_peers
-            .saturating_sub(self.peers.len() + pending);
+            .saturating_sub(self.peers.len() + pending)
+            .min(self.cfg.dial_peers.saturating_sub(outgoing + pending));
         if free == 0 {
             return;
         }

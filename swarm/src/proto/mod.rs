@@ -90,6 +90,7 @@ pub struct Config {
     pub request_queue_time: Duration,
     pub max_pieces_in_progress: usize,
     pub max_peers: usize,
+    pub dial_peers: usize,
     pub request_timeout: Duration,
     pub prefer_unsent: bool,
     pub trust_initial_pieces: bool,

@@ -17,6 +17,7 @@ fn cfg(id: u8, prefer_unsent: bool) -> Config {
         request_queue_time: Duration::from_millis(100),
         max_pieces_in_progress: 16,
         max_peers: 128,
+        dial_peers: 32,
         request_timeout: Duration::from_secs(20),
         prefer_unsent,
         trust_initial_pieces: true,
@@ -260,6 +261,7 @@ fn dials_stop_at_the_free_slots_and_each_node_orders_them_its_own_way() {
     let mk = |id: u8| {
         let mut cf = cfg(id, false);
         cf.max_peers = 5;
+        cf.dial_peers = 8;
         Core::new(cf, l, vec![false; 4], 1)
     };
     let dials = |c: &mut Core| -> Vec<SocketAddr> {
