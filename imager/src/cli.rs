@@ -116,11 +116,9 @@ pub struct Cli {
     pub verbose: u8,
 }
 
-/// The `auto` piece size for `used` bytes: ~1024 pieces, clamped to 256 KiB ..= 4 MiB.
+/// The `auto` piece size for `used` bytes (see `blockswarm_manifest::auto_piece_length`).
 pub fn auto_piece_size(used: u64) -> u32 {
-    (used / 1024)
-        .next_power_of_two()
-        .clamp(256 << 10, blockswarm_manifest::DEFAULT_PIECE_LENGTH as u64) as u32
+    blockswarm_manifest::auto_piece_length(used)
 }
 
 #[cfg(test)]

@@ -197,6 +197,14 @@ pub fn validate_name(name: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
+/// The `auto` piece length for `used` bytes: ~1024 pieces, clamped to 256 KiB ..=
+/// [`DEFAULT_PIECE_LENGTH`] (the imager's `--piece-size auto`; the simulator's default).
+pub fn auto_piece_length(used: u64) -> u32 {
+    (used / 1024)
+        .next_power_of_two()
+        .clamp(256 << 10, DEFAULT_PIECE_LENGTH as u64) as u32
+}
+
 /// Number of pieces for `length` bytes in pieces of `piece_length`.
 pub fn piece_count(length: u64, piece_length: u32) -> u64 {
     length.div_ceil(piece_length as u64)

@@ -373,7 +373,7 @@ impl Sim {
             return;
         }
         if !self.nodes[to].alive || !self.nodes[to].started {
-            let _ = self.nodes[from].core.handle(now, Input::DialEnded(addr));
+            self.feed(from, None, Input::DialEnded(addr));
             return;
         }
         let hello = |node: usize, outgoing: bool| Hello {
@@ -388,17 +388,17 @@ impl Sim {
             .connect(now, hello(from, false), || false)
         else {
             self.apply(to);
-            let _ = self.nodes[from].core.handle(now, Input::DialEnded(addr));
+            self.feed(from, None, Input::DialEnded(addr));
             return;
         };
         let Ok(kf) = self.nodes[from]
             .core
             .connect(now, hello(to, true), || false)
         else {
+            // The dialer refused (a duplicate): the acceptor's side ends as on a reset.
             self.apply(from);
-            let _ = self.nodes[from].core.handle(now, Input::DialEnded(addr));
-            self.nodes[to].conns.insert(kt, (from, 0, None));
-            self.close(to, kt);
+            self.feed(from, None, Input::DialEnded(addr));
+            self.forget(to, kt, None);
             return;
         };
         self.nodes[to].conns.insert(kt, (from, kf, None));
@@ -415,24 +415,20 @@ impl Sim {
         let Some((j, jk, dialed)) = self.nodes[i].conns.remove(&key) else {
             return;
         };
-        let now = self.instant();
-        if self.nodes[i].alive {
-            let _ = self.nodes[i].core.handle(now, Input::Disconnected { key });
-            if let Some(a) = dialed {
-                let _ = self.nodes[i].core.handle(now, Input::DialEnded(a));
-            }
-            self.apply(i);
-        }
+        self.forget(i, key, dialed);
         if let Some((_, _, d)) = self.nodes[j].conns.remove(&jk) {
-            if self.nodes[j].alive {
-                let _ = self.nodes[j]
-                    .core
-                    .handle(now, Input::Disconnected { key: jk });
-                if let Some(a) = d {
-                    let _ = self.nodes[j].core.handle(now, Input::DialEnded(a));
-                }
-                self.apply(j);
-            }
+            self.forget(j, jk, d);
+        }
+    }
+
+    /// Node `i`'s core learns that its connection `key` ended (and its dial, if it dialed).
+    fn forget(&mut self, i: usize, key: u64, dialed: Option<std::net::SocketAddr>) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        self.feed(i, None, Input::Disconnected { key });
+        if let Some(a) = dialed {
+            self.feed(i, None, Input::DialEnded(a));
         }
     }
 }

@@ -97,9 +97,7 @@ impl Params {
         if self.piece != 0 {
             return self.piece;
         }
-        (self.bytes / 1024)
-            .next_power_of_two()
-            .clamp(256 << 10, 4 << 20) as u32
+        blockswarm_manifest::auto_piece_length(self.bytes)
     }
 
     /// Seconds to send the bytes once at the host link rate (the ratios' unit).

@@ -1,8 +1,9 @@
 //! How bytes move: a message's path (host uplink, switch uplinks, host downlink), blocks
 //! queued hop by hop, control messages ahead of them, ACKs, a cancelled block taken back.
 
+use blockswarm_swarm::backlog::encoded_len;
 use blockswarm_swarm::proto::Input;
-use blockswarm_swarm::wire::{self, Msg, Req};
+use blockswarm_swarm::wire::{Msg, Req};
 
 use super::{Content, Ev, Packet, Sim};
 use crate::net::{acks_for, on_wire};
@@ -182,18 +183,6 @@ impl Sim {
             if self.nodes[i].role == Role::Seeder {
                 self.seeder_block_bytes -= r.length as u64;
             }
-        }
-    }
-}
-
-/// Bytes of `m` on the wire (its length prefix included).
-fn encoded_len(m: &Msg) -> u64 {
-    match m {
-        Msg::Piece { data, .. } => 13 + data.len() as u64,
-        _ => {
-            let mut b = Vec::new();
-            wire::encode(m, &mut b);
-            b.len() as u64
         }
     }
 }

@@ -387,14 +387,6 @@ impl Core {
         self.verifying.get(&index)
     }
 
-    /// The key of the connected peer with this peer id, if any.
-    pub fn key_of(&self, peer_id: &[u8; 20]) -> Option<u64> {
-        self.peers
-            .iter()
-            .find(|(_, p)| &p.peer_id == peer_id)
-            .map(|(&k, _)| k)
-    }
-
     /// Keys of the connected peers.
     pub fn peer_keys(&self) -> Vec<u64> {
         self.peers.keys().copied().collect()
