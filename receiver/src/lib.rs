@@ -224,11 +224,12 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     // Resume: pieces already correct on the target count as done. Runs beside the download.
     if s.resume {
         let (sw, st, mm) = (swarm.clone(), storage.clone(), m.clone());
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::new();
             let mut found = 0u32;
             for i in 0..mm.num_pieces() {
-                if sw.is_busy_or_have(i) {
+                if rt.block_on(sw.is_busy_or_have(i)) {
                     continue;
                 }
                 match piece_ok(&*st, &mm, i, &mut buf) {

@@ -1,34 +1,39 @@
 //! The swarm engine's driver: sockets, tasks and timers around the policy core
-//! ([`crate::proto`]). One mutex holds the core and, under the same keys as the core's
-//! peers, each connection's channels ([`Link`]); every event (a message read by a
-//! connection's reader task, a verification ended, the tick) is fed to the core and the
-//! actions it queues are carried out before the lock is released. Each connection is a
-//! reader task (framing, handshake) and a writer task (`serve`: queued messages, block
-//! requests served from storage); verification runs on the blocking pool.
+//! ([`crate::proto`]). One task, the actor (`actor`), owns the core and each connection's
+//! channels ([`Link`], under the core's key for the peer); every event (a message read by a
+//! connection's reader task, a verification ended, the timer) reaches it as a message, is fed
+//! to the core, and the actions the core queues are carried out before the next event. The
+//! API's getters read what the actor publishes. Each connection is a reader task (framing,
+//! handshake, `conn`) and a writer task (`serve`: queued messages, block requests served from
+//! storage); verification runs on the blocking pool.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use librqbit_core::lengths::Lengths;
 use rand::Rng;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
-use tracing::{debug, info, warn};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{info, warn};
 
 use crate::backlog::Backlog;
 use crate::conn_limit;
-use crate::proto::{self, Action, Core, Input, Verified};
+use crate::proto::{self, Core, Input, Verified};
 use crate::storage::Storage;
 use crate::wire::{Msg, Req, MAX_REQUEST};
 use crate::zblock::{Form, FormCache, ZStats};
 use crate::SwarmError;
+use actor::{Actor, Event, Node, View, PEER_INBOX};
 
+mod actor;
 mod conn;
 mod serve;
+#[cfg(test)]
+mod tests;
 mod zserve;
 pub use crate::proto::{
     PeerStats, Stats, HELD_REJECT_WINDOW, MIN_PIPELINE_BLOCKS, REJECT_WINDOW, STALL_AFTER,
@@ -137,14 +142,8 @@ struct Link {
     backlog: Arc<Backlog>,
     /// The id it wants for `bs_zstd` messages (0: plain blocks only); read by the writer.
     zstd_id: Arc<AtomicU8>,
-}
-
-/// The core and the connections' links, under one lock.
-struct Node {
-    core: Core,
-    links: HashMap<u64, Link>,
-    /// A piece found not to match its hash when first served: the node must stop.
-    corrupt: Option<CorruptPiece>,
+    /// Found misbehaving and told to close: what it still sends is not read.
+    closing: bool,
 }
 
 pub(crate) struct Shared {
@@ -153,8 +152,13 @@ pub(crate) struct Shared {
     peer_id: [u8; 20],
     opts: SwarmOptions,
     storage: Arc<dyn Storage>,
-    node: Mutex<Node>,
-    changed: Notify,
+    /// The actor's inboxes (see `actor`).
+    ctl: mpsc::UnboundedSender<Event>,
+    peers: mpsc::Sender<Event>,
+    /// What the actor last published.
+    view: watch::Sender<Arc<View>>,
+    /// The core's `ramping`, as of the actor's last event (read by the writers).
+    ramping: AtomicBool,
     uploaded: AtomicU64,
     bucket: Option<Mutex<Bucket>>,
     listen_addr: SocketAddr,
@@ -240,17 +244,23 @@ impl Swarm {
             carry_data: true,
         };
         let core = Core::new(cfg, lengths, have, rand::thread_rng().gen());
+        let node = Node {
+            core,
+            links: HashMap::new(),
+            corrupt: None,
+        };
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let (peers, peers_rx) = mpsc::channel(PEER_INBOX);
+        let (view, _) = watch::channel(Arc::new(node.view(Instant::now())));
         let shared = Arc::new(Shared {
             lengths,
             peer_id,
             storage,
-            node: Mutex::new(Node {
-                core,
-                links: HashMap::new(),
-                corrupt: None,
-            }),
+            ctl,
+            peers,
+            view,
+            ramping: AtomicBool::new(node.core.ramping()),
             checked: Notify::new(),
-            changed: Notify::new(),
             uploaded: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             turns: tokio::sync::Semaphore::new(1),
@@ -263,8 +273,8 @@ impl Swarm {
             info,
         });
         let s = Swarm { shared };
+        tokio::spawn(Actor::new(node, s.clone()).run(ctl_rx, peers_rx));
         tokio::spawn(s.clone().accept_loop(listener));
-        tokio::spawn(s.clone().tick_loop());
         info!(%listen_addr, pieces = n, have = have_count, "swarm node started");
         Ok(s)
     }
@@ -277,101 +287,16 @@ impl Swarm {
         self.shared.peer_id
     }
 
-    fn lock(&self) -> MutexGuard<'_, Node> {
-        self.shared.node.lock().expect("swarm state lock")
-    }
-
-    /// Feeds one event to the core and carries out what it asks.
-    fn feed(&self, node: &mut Node, input: Input) -> Result<(), SwarmError> {
-        let r = node.core.handle(Instant::now(), input);
-        self.apply(node);
-        r
-    }
-
-    /// Carries out the core's queued actions (under the lock: sends only queue, tasks are
-    /// spawned, nothing waits).
-    fn apply(&self, node: &mut Node) {
-        let mut changed = false;
-        loop {
-            let mut flooding = Vec::new();
-            while let Some(a) = node.core.poll_action() {
-                match a {
-                    Action::Send(k, m) => {
-                        if let Some(l) = node.links.get(&k) {
-                            let reject = matches!(m, Msg::Reject(_));
-                            if !send(l, m) && reject {
-                                flooding.push(k);
-                            }
-                        }
-                    }
-                    Action::Serve(k, r) => {
-                        if let Some(l) = node.links.get(&k) {
-                            // Past `MAX_QUEUED_REQUESTS` a request is refused like any other.
-                            if l.backlog.try_queue_request() {
-                                let _ = l.tx.send(Out::Serve(r));
-                            } else if l.fast && !send(l, Msg::Reject(r)) {
-                                flooding.push(k);
-                            }
-                        }
-                    }
-                    Action::CancelServe(k, r) => {
-                        if let Some(l) = node.links.get(&k) {
-                            // Counted like a message until the writer takes it.
-                            if l.backlog.queue_msg(&Msg::Cancel(r)) {
-                                let _ = l.tx.send(Out::Cancel(r));
-                            } else {
-                                l.kill.notify_one();
-                            }
-                        }
-                    }
-                    Action::Disconnect(k) => {
-                        if let Some(l) = node.links.get(&k) {
-                            l.kill.notify_one();
-                        }
-                    }
-                    Action::Verify { index, buf, forms } => {
-                        tokio::spawn(self.clone().verify_and_store(index, buf, forms));
-                    }
-                    Action::Dial(a) => {
-                        let s = self.clone();
-                        tokio::spawn(async move {
-                            let r = s.dial(a).await;
-                            let mut node = s.lock();
-                            let _ = s.feed(&mut node, Input::DialEnded(a));
-                            if let Err(e) = r {
-                                debug!(peer = %a, "connection ended: {e}");
-                            }
-                        });
-                    }
-                    Action::PeerZstd(k, id) => {
-                        if let Some(l) = node.links.get(&k) {
-                            l.zstd_id.store(id, Ordering::Relaxed);
-                        }
-                    }
-                    Action::Changed => changed = true,
-                }
-            }
-            if flooding.is_empty() {
-                break;
-            }
-            // It went on requesting while not reading our refusals (some 60,000 of them
-            // unread): a flood, not a slow peer. Banned, so it cannot redial and go on.
-            let now = Instant::now();
-            for key in flooding {
-                let _ = node.core.handle(now, Input::Flooding { key });
-            }
-        }
-        if changed {
-            self.shared.changed.notify_waiters();
-        }
+    /// What the actor last published.
+    fn view(&self) -> Arc<View> {
+        self.shared.view.borrow().clone()
     }
 
     /// Adds peers' listen addresses (from a tracker); they are dialed and redialed as needed.
     pub fn add_peers(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
         let own = self.shared.listen_addr;
         let addrs: Vec<SocketAddr> = addrs.into_iter().filter(|a| *a != own).collect();
-        let mut node = self.lock();
-        let _ = self.feed(&mut node, Input::PeersLearnt(addrs));
+        self.input(Input::PeersLearnt(addrs));
     }
     async fn verify_and_store(self, index: u32, buf: Vec<u8>, forms: Vec<Option<Form>>) {
         let expected = self.shared.info.piece_hashes[index as usize];
@@ -394,29 +319,24 @@ impl Swarm {
             Ok(Err(e)) => Verified::Failed(format!("storage write failed: {e}")),
             Err(e) => Verified::Failed(format!("verification task failed: {e}")),
         };
-        let mut node = self.lock();
-        let _ = self.feed(&mut node, Input::Verified { index, result });
+        self.input(Input::Verified { index, result });
     }
 
     /// Marks pieces found correct on storage (resume); safe to call while downloading.
     pub fn mark_verified(&self, index: u32) {
-        let mut node = self.lock();
-        let _ = self.feed(&mut node, Input::Resumed { index });
+        self.input(Input::Resumed { index });
     }
 
-    /// Which pieces are present (verified and written).
+    /// Which pieces are present (verified and written), as last published (at most
+    /// ~50 ms old).
     pub fn have_bits(&self) -> Vec<bool> {
-        self.lock().core.have_bits().to_vec()
+        self.view().have.clone()
     }
 
-    /// True if the piece is present, being fetched or being verified.
-    pub fn is_busy_or_have(&self, index: u32) -> bool {
-        self.lock().core.is_busy_or_have(index)
-    }
-
-    /// Seeder start-up (see `Core::ramping`).
-    fn ramping(&self) -> bool {
-        self.lock().core.ramping()
+    /// True if the piece is present, being fetched or being verified (asks the actor).
+    pub async fn is_busy_or_have(&self, index: u32) -> bool {
+        self.query(move |a| a.node.core.is_busy_or_have(index))
+            .await
     }
 
     async fn throttle(&self, n: u64) {
@@ -440,86 +360,70 @@ impl Swarm {
         }
     }
 
-    /// The core's timer: a tick when it asks for one.
-    async fn tick_loop(self) {
-        loop {
-            let at = self.lock().core.poll_timeout(Instant::now());
-            tokio::time::sleep_until(at.into()).await;
-            let uploaded = self.shared.uploaded.load(Ordering::Relaxed);
-            let mut node = self.lock();
-            let _ = self.feed(&mut node, Input::Tick { uploaded });
-        }
-    }
-
-    /// Current figures.
+    /// Current figures: the core's as last published (on each change, at most every
+    /// ~50 ms, and every tick), the byte counters live.
     pub fn stats(&self) -> Stats {
-        let node = self.lock();
-        let zstd = self.shared.zstats.lock().expect("zstats lock").clone();
-        node.core.stats(
-            Instant::now(),
-            self.shared.uploaded.load(Ordering::Relaxed),
-            |k| {
-                node.links
-                    .get(&k)
-                    .map_or(0, |l| l.uploaded_to.load(Ordering::Relaxed))
-            },
-            zstd,
-        )
+        let mut st = self.view().stats.clone();
+        st.uploaded = self.shared.uploaded.load(Ordering::Relaxed);
+        st.zstd = self.shared.zstats.lock().expect("zstats lock").clone();
+        st
     }
 
     /// Peer addresses we were given (tracker, `--peer`) and dial.
     pub fn known_peers(&self) -> Vec<SocketAddr> {
-        self.lock().core.known_peers()
+        self.view().known.clone()
     }
 
     /// True if this node banned the peers at `ip` (a seeder does not wait for them).
     pub fn is_banned(&self, ip: IpAddr) -> bool {
-        self.lock().core.is_banned(ip)
+        self.view().banned.contains(&ip)
     }
 
     pub fn is_complete(&self) -> bool {
-        self.lock().core.is_complete()
+        self.view().complete
     }
 
     /// A stored piece found not to match the manifest when first served, if any: the
     /// node serves nothing more, and should stop (source changed since imaging, or wrong).
     pub fn corrupt_piece(&self) -> Option<CorruptPiece> {
-        self.lock().corrupt.clone()
+        self.view().corrupt.clone()
     }
 
     /// A fatal storage error, if one happened.
     pub fn fatal_error(&self) -> Option<String> {
-        self.lock().core.fatal().map(str::to_string)
+        self.view().fatal.clone()
     }
 
-    /// Waits until something changes (a piece verified, a peer joined or left).
+    /// Waits until something changes (a piece verified, a peer joined or left), or 500 ms.
     pub async fn changed(&self) {
-        let n = self.shared.changed.notified();
-        tokio::select! {
-            _ = n => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
+        let mut rx = self.shared.view.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
     }
 
     /// Waits until every piece is present, or a fatal error.
     pub async fn wait_complete(&self) -> Result<(), SwarmError> {
+        let mut rx = self.shared.view.subscribe();
         loop {
-            if let Some(e) = self.fatal_error() {
-                return Err(SwarmError::Storage(e));
+            let v = rx.borrow_and_update().clone();
+            if let Some(e) = &v.fatal {
+                return Err(SwarmError::Storage(e.clone()));
             }
-            if self.is_complete() {
+            if v.complete {
                 return Ok(());
             }
-            self.changed().await;
+            if rx.changed().await.is_err() {
+                return Err(SwarmError::Storage("the swarm's actor stopped".into()));
+            }
         }
     }
 
     /// Closes every connection.
     pub fn disconnect_all(&self) {
-        let node = self.lock();
-        for l in node.links.values() {
-            l.kill.notify_one();
-        }
+        self.with(|a| {
+            for l in a.node.links.values() {
+                l.kill.notify_one();
+            }
+        });
     }
 }
 

@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 
+use super::serve::WriterEnds;
 use super::{Link, Swarm, TURN_LOWAT};
 use crate::backlog::Backlog;
 use crate::conn_limit;
@@ -81,7 +82,7 @@ impl Swarm {
             // the start-up turns in `writer` really take turns on the wire.
             let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(TURN_LOWAT);
         }
-        if self.lock().core.is_banned(addr.ip()) {
+        if self.is_banned(addr.ip()) {
             return Err(SwarmError::Banned);
         }
         // The handshake is read unbuffered (read_exact: never past it); the 256 KiB read
@@ -113,12 +114,9 @@ impl Swarm {
             uploaded_to: Arc::new(AtomicU64::new(0)),
             backlog: Arc::new(Backlog::default()),
             zstd_id: Arc::new(AtomicU8::new(0)),
+            closing: false,
         };
-        let (uploaded_to, backlog, zstd_id) = (
-            link.uploaded_to.clone(),
-            link.backlog.clone(),
-            link.zstd_id.clone(),
-        );
+        let ends = WriterEnds::of(&link);
         let hello = Hello {
             addr,
             peer_id: hs.peer_id,
@@ -126,12 +124,9 @@ impl Swarm {
             extended: hs.extended,
             outgoing,
         };
-        let key = self.register(hello, link)?;
+        let key = self.register(hello, link).await?;
         debug!(peer = %addr, client = %proto::client_name(&hs.peer_id), fast = hs.fast, extended = hs.extended, "peer connected");
-        let writer = tokio::spawn(
-            self.clone()
-                .writer(wr, rx, key, uploaded_to, backlog, zstd_id),
-        );
+        let writer = tokio::spawn(self.clone().writer(wr, rx, ends));
         let max_frame = 13 + MAX_REQUEST as usize + self.shared.lengths.piece_bitfield_bytes();
         let mut frames = FrameReader::new(rd, max_frame);
         let result = loop {
@@ -149,53 +144,26 @@ impl Swarm {
                             if conn_limit::useful(&msg) || zpiece {
                                 slot.iter().for_each(|s| s.touch());
                             }
-                            let r = match msg {
-                                Msg::Extended { payload, .. } if zpiece => self.on_zpiece(key, &payload),
-                                msg => self.on_message(key, msg),
+                            let input = match msg {
+                                Msg::Extended { payload, .. } if zpiece => self.zpiece(key, addr, &payload),
+                                msg => Input::Message {
+                                    key,
+                                    msg,
+                                    upload_queued: self.shared.queued.load(Ordering::Relaxed),
+                                },
                             };
-                            if let Err(e) = r {
-                                break Err(e);
+                            let bad = matches!(input, Input::BadZBlock { .. });
+                            self.peer_input(input).await;
+                            if bad {
+                                break Err(SwarmError::Banned);
                             }
                         }
                     }
                 }
             }
         };
-        self.unregister(key);
+        self.peer_input(Input::Disconnected { key }).await;
         writer.abort();
         result
-    }
-
-    /// Registers a handshaken connection with the core; its first messages are queued.
-    fn register(&self, hello: Hello, link: Link) -> Result<u64, SwarmError> {
-        let mut node = self.lock();
-        let limiter = &self.shared.limiter;
-        let r = node
-            .core
-            .connect(Instant::now(), hello, || limiter.evict_idle());
-        if let Ok(key) = r {
-            node.links.insert(key, link);
-        }
-        self.apply(&mut node);
-        r
-    }
-
-    fn unregister(&self, key: u64) {
-        let mut node = self.lock();
-        node.links.remove(&key);
-        let _ = self.feed(&mut node, Input::Disconnected { key });
-    }
-
-    fn on_message(&self, key: u64, msg: Msg) -> Result<(), SwarmError> {
-        let upload_queued = self.shared.queued.load(Ordering::Relaxed);
-        let mut node = self.lock();
-        self.feed(
-            &mut node,
-            Input::Message {
-                key,
-                msg,
-                upload_queued,
-            },
-        )
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 
 use super::{Out, Shared, Swarm, MAX_BATCH};
@@ -80,8 +80,33 @@ struct CheckGuard<'a> {
 impl Drop for CheckGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.swarm.lock().core.servable.check_abandoned(self.index);
-            self.swarm.shared.checked.notify_waiters();
+            let index = self.index;
+            // Waiters look again once the actor has taken it.
+            self.swarm.with(move |a| {
+                a.node.core.servable.check_abandoned(index);
+                a.swarm.shared.checked.notify_waiters();
+            });
+        }
+    }
+}
+
+/// The writer's ends of a connection's [`super::Link`].
+pub(super) struct WriterEnds {
+    pub(super) fast: bool,
+    pub(super) kill: Arc<Notify>,
+    pub(super) uploaded_to: Arc<AtomicU64>,
+    pub(super) backlog: Arc<Backlog>,
+    pub(super) zstd_id: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl WriterEnds {
+    pub(super) fn of(link: &super::Link) -> WriterEnds {
+        WriterEnds {
+            fast: link.fast,
+            kill: link.kill.clone(),
+            uploaded_to: link.uploaded_to.clone(),
+            backlog: link.backlog.clone(),
+            zstd_id: link.zstd_id.clone(),
         }
     }
 }
@@ -91,11 +116,15 @@ impl Swarm {
         self,
         wr: tokio::net::tcp::OwnedWriteHalf,
         mut rx: mpsc::UnboundedReceiver<Out>,
-        key: u64,
-        uploaded_to: Arc<AtomicU64>,
-        backlog: Arc<Backlog>,
-        zstd_id: Arc<std::sync::atomic::AtomicU8>,
+        ends: WriterEnds,
     ) {
+        let WriterEnds {
+            fast,
+            kill,
+            uploaded_to,
+            backlog,
+            zstd_id,
+        } = ends;
         let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
         let mut queue = ServeQueue {
             reqs: VecDeque::new(),
@@ -103,7 +132,6 @@ impl Swarm {
             shared: self.shared.clone(),
         };
         let mut buf = Vec::with_capacity(MAX_REQUEST as usize + 64);
-        let fast = self.lock().links.get(&key).is_some_and(|l| l.fast);
         let keepalive = Duration::from_secs(60);
         'outer: loop {
             // Control messages first, then one queued block, then wait.
@@ -162,7 +190,9 @@ impl Swarm {
                 } else {
                     Vec::new()
                 };
-                let turn = if self.shared.opts.prefer_unsent && self.ramping() {
+                let turn = if self.shared.opts.prefer_unsent
+                    && self.shared.ramping.load(Ordering::Relaxed)
+                {
                     self.shared.turns.acquire().await.ok()
                 } else {
                     None
@@ -229,9 +259,7 @@ impl Swarm {
             }
         }
         let _ = wr.flush().await;
-        if let Some(l) = self.lock().links.get(&key) {
-            l.kill.notify_one();
-        }
+        kill.notify_one();
     }
 
     /// Reads packed bytes `first.begin..end` of `first.index` for serving, checking the
@@ -242,7 +270,9 @@ impl Swarm {
             let notified = self.shared.checked.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let plan = self.lock().core.servable.plan_read(index, Instant::now());
+            let plan = self
+                .query(move |a| a.node.core.servable.plan_read(index, Instant::now()))
+                .await;
             if plan != ReadPlan::Wait {
                 break plan;
             }
@@ -263,12 +293,14 @@ impl Swarm {
                 match read {
                     Ok(Ok(d)) => {
                         if plan == ReadPlan::Retry {
-                            self.lock().core.servable.read_ok(index);
+                            self.with(move |a| a.node.core.servable.read_ok(index));
                         }
                         Some(d)
                     }
                     Ok(Err(e)) => {
-                        let outcome = self.lock().core.servable.read_failed(index, Instant::now());
+                        let outcome = self
+                            .query(move |a| a.node.core.servable.read_failed(index, Instant::now()))
+                            .await;
                         self.report(index, outcome, Some(&e));
                         None
                     }
@@ -300,10 +332,13 @@ impl Swarm {
                 };
                 guard.armed = false;
                 let outcome = self
-                    .lock()
-                    .core
-                    .servable
-                    .check_done(index, checked, Instant::now());
+                    .query(move |a| {
+                        a.node
+                            .core
+                            .servable
+                            .check_done(index, checked, Instant::now())
+                    })
+                    .await;
                 self.shared.checked.notify_waiters();
                 match (outcome, result) {
                     (Outcome::Serve, Ok(piece)) => {
@@ -337,18 +372,19 @@ impl Swarm {
             ),
             Outcome::Unreadable { first: false } | Outcome::Serve => {}
             Outcome::Corrupt => {
-                let mut node = self.lock();
-                if node.corrupt.is_none() {
-                    let location = self.shared.storage.locate(start);
-                    debug!(piece = index, %location, "stored piece does not match its SHA-1");
-                    node.corrupt = Some(CorruptPiece {
-                        index,
-                        packed,
-                        location,
-                    });
-                }
-                drop(node);
-                self.shared.changed.notify_waiters();
+                let location = self.shared.storage.locate(start);
+                debug!(piece = index, %location, "stored piece does not match its SHA-1");
+                let corrupt = CorruptPiece {
+                    index,
+                    packed,
+                    location,
+                };
+                self.with(move |a| {
+                    if a.node.corrupt.is_none() {
+                        a.node.corrupt = Some(corrupt);
+                        a.dirty = true;
+                    }
+                });
             }
         }
     }

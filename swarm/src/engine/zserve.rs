@@ -2,6 +2,8 @@
 //! compressed block, keeping the forms of a verified piece, and choosing each served block's
 //! form (kept, or compressed here once).
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use tracing::warn;
 
@@ -9,21 +11,17 @@ use super::Swarm;
 use crate::proto::Input;
 use crate::wire::Req;
 use crate::zblock::{self, Form};
-use crate::SwarmError;
 
 impl Swarm {
-    /// A `bs_zstd` message from `key`: decompressed (bounded by the length it claims, at
-    /// most one block) before the state lock is taken, then handled as a block. A frame that
-    /// does not decompress to what it claims is a lie: the peer is banned.
-    pub(super) fn on_zpiece(&self, key: u64, payload: &[u8]) -> Result<(), SwarmError> {
+    /// A `bs_zstd` message from `key`: decompressed here, on the connection's reader
+    /// (bounded by the length it claims, at most one block), then handled as a block. A
+    /// frame that does not decompress to what it claims is a lie: the peer is banned.
+    pub(super) fn zpiece(&self, key: u64, addr: SocketAddr, payload: &[u8]) -> Input {
         let z = match zblock::decode(payload) {
             Ok(z) => z,
             Err(e) => {
-                let mut node = self.lock();
-                if let Some(l) = node.links.get(&key) {
-                    warn!(peer = %l.addr, "bad compressed block: {e}");
-                }
-                return self.feed(&mut node, Input::BadZBlock { key });
+                warn!(peer = %addr, "bad compressed block: {e}");
+                return Input::BadZBlock { key };
             }
         };
         {
@@ -32,17 +30,13 @@ impl Swarm {
             zs.received_raw_bytes += z.data.len() as u64;
             zs.received_frame_bytes += z.frame.len() as u64;
         }
-        let mut node = self.lock();
-        self.feed(
-            &mut node,
-            Input::ZBlock {
-                key,
-                index: z.index,
-                begin: z.begin,
-                data: z.data,
-                frame: z.frame,
-            },
-        )
+        Input::ZBlock {
+            key,
+            index: z.index,
+            begin: z.begin,
+            data: z.data,
+            frame: z.frame,
+        }
     }
 
     /// A piece passed its SHA-1: the forms its blocks came in may be served again.

@@ -365,6 +365,11 @@ impl Core {
             || self.verifying.contains_key(&index)
     }
 
+    /// Addresses this node banned.
+    pub fn banned_ips(&self) -> impl Iterator<Item = &IpAddr> {
+        self.banned.iter()
+    }
+
     /// True if this node banned the peers at `ip`.
     pub fn is_banned(&self, ip: IpAddr) -> bool {
         self.banned.contains(&ip)
