@@ -34,7 +34,7 @@ impl Storage for Mem {
 }
 
 fn data() -> Vec<u8> {
-    (0..TOTAL).map(|i| (i * 2654435761 >> 13) as u8).collect()
+    (0..TOTAL).map(|i| ((i * 2654435761) >> 13) as u8).collect()
 }
 
 fn info(d: &[u8]) -> TorrentInfo {
