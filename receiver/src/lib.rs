@@ -517,7 +517,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         pb.line("seeding", &st);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    swarm.disconnect_all();
+    swarm.disconnect_all().await;
     // A whole disk gets its partition table for this target's size once no peer reads
     // pieces from it any more (the GPT's primary header is in a piece).
     target::finish_disk(finish_file, &target_path, &m)?;

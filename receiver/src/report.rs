@@ -87,7 +87,7 @@ impl ReportTo {
             )
         });
         if let Some(s) = &swarm {
-            s.disconnect_all();
+            s.disconnect_all().await;
         }
         let report = FailureReport::new(e.exit_code(), &e.to_string());
         let a = Announce {

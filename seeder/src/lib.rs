@@ -467,7 +467,7 @@ async fn serve(
                         uploaded as f64 / m.total_length() as f64
                     );
                     println!("{}", String::from_utf8_lossy(&app.status_json()));
-                    swarm.disconnect_all();
+                    swarm.disconnect_all().await;
                     if verdict == outcome::Verdict::SomeFailed {
                         return Err(SeederError::ReceiversFailed(outcome::summary(
                             completed, &failed,

@@ -417,13 +417,24 @@ impl Swarm {
         }
     }
 
-    /// Closes every connection.
-    pub fn disconnect_all(&self) {
-        self.with(|a| {
-            for l in a.node.links.values() {
-                l.kill.notify_one();
+    /// Closes every connection and waits (at most 5 s) until they are gone: once it
+    /// returns, no writer of ours reads the storage for a peer any more.
+    pub async fn disconnect_all(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let open = self
+                .query(|a| {
+                    for l in a.node.links.values() {
+                        l.kill.notify_one();
+                    }
+                    a.node.links.len()
+                })
+                .await;
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return;
             }
-        });
+            let _ = tokio::time::timeout_at(deadline, self.changed()).await;
+        }
     }
 }
 
