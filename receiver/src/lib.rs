@@ -4,9 +4,11 @@
 //! gets a partition table that fits the target's size at the end.
 #![forbid(unsafe_code)]
 
+mod announce;
 mod flush;
 mod machine_post;
 mod report;
+mod seed_end;
 mod settings;
 mod stall;
 mod target;
@@ -15,18 +17,19 @@ mod verify;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockswarm_manifest::Manifest;
 use blockswarm_swarm::gate::PeerGate;
 use blockswarm_swarm::machine_report::State;
-use blockswarm_swarm::tracker::{self, Announce};
 use blockswarm_swarm::{
     http, new_peer_id, DeviceStorage, Storage, Swarm, SwarmOptions, TorrentInfo,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use seed_end::{seed_end, SeedEnd, Seeding};
 pub use settings::{parse_duration, Cli, ReceiverError, Settings};
 use stall::{GiveUp, StallWatch};
 use verify::{piece_ok, Verifier, VERIFY_BATCH};
@@ -117,6 +120,9 @@ pub async fn run(cli: Cli) -> Result<(), ReceiverError> {
     res
 }
 
+/// The run's phases, in order: fetch the manifest, check the target (`open`), download
+/// (`start_swarm`, `download`), verify (`verify_final`), seed after (`seed`), stop (`finish`).
+/// Each returns the error that ends the run, or hands the next what it needs.
 async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), ReceiverError> {
     let s = Settings::resolve(&cli)?;
     let bind_ip = (!s.listen.ip().is_unspecified()).then_some(s.listen.ip());
@@ -131,6 +137,97 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
 
     let (bytes, source_may_be_local) = fetch_manifest(&s, bind_ip).await?;
     state(State::CheckingTarget);
+    let t = open(&s, bytes, source_may_be_local, bind_ip, peer_id, report_to)?;
+    if let Some(r) = &machine {
+        r.target(&t.path, t.m.total_length());
+    }
+    let (swarm, gate, port) = start_swarm(&s, &t, peer_id, bind_ip, report_to).await?;
+    state(State::Downloading);
+    info!(target = %t.path.display(), pieces = t.m.num_pieces(), "receiver started");
+
+    // Resume: pieces already correct on the target count as done. Runs beside the download.
+    if s.resume {
+        spawn_resume_scan(&swarm, &t);
+    }
+    // --verify: check pieces against the device in passes while the download runs.
+    let verify_stop = Arc::new(AtomicBool::new(false));
+    // Whatever way `run` returns, the verifier's thread stops (a runtime waits for it).
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_verifier = StopOnDrop(verify_stop.clone());
+    let verifier = s
+        .verify
+        .then(|| spawn_verifier(&swarm, &t, verify_stop.clone()));
+
+    // Every piece on the target, flushed (and with --verify read back): only then does the
+    // tracker hear `completed` / `left=0` (a failing final flush must not count as done).
+    let durable = Arc::new(AtomicBool::new(false));
+    swarm.add_peers(s.peers.iter().copied());
+    let whom = t.announce_url.clone().map(|url| announce::Whom {
+        url,
+        info_hash: t.info_hash,
+        peer_id,
+        port,
+        bind_ip,
+        total: t.m.total_length(),
+    });
+    let heard = match &whom {
+        Some(w) => announce::spawn(w.clone(), swarm.clone(), gate, durable.clone()),
+        None => announce::Heard::nothing(),
+    };
+
+    let mut pb = terminal::Terminal::new(&s, t.m.total_length());
+    download(&s, &t, &swarm, &heard, machine.as_deref(), &mut pb).await?;
+    if let Some(task) = verifier {
+        state(State::Verifying);
+        verify_stop.store(true, Ordering::Relaxed);
+        verify_final(task, &t, &swarm, &mut pb).await?;
+    }
+    durable.store(true, Ordering::Release);
+    if let Some(r) = &machine {
+        r.progress(t.m.total_length());
+    }
+    state(State::Seeding);
+    let seed_error = seed(&s, &t, &swarm, &heard, machine.as_deref(), &mut pb).await;
+    swarm.disconnect_all().await;
+    // A whole disk gets its partition table for this target's size once no peer reads
+    // pieces from it any more (the GPT's primary header is in a piece).
+    target::finish_disk(t.finish_file, &t.path, &t.m)?;
+    if let Some(e) = seed_error {
+        return Err(ReceiverError::Failure(e));
+    }
+    if let Some(w) = &whom {
+        let st = swarm.stats();
+        announce::stopped(w, st.uploaded, st.downloaded).await;
+    }
+    Ok(())
+}
+
+/// The checked manifest and the opened target.
+struct Target {
+    m: Arc<blockswarm_manifest::Manifest>,
+    info_hash: [u8; 20],
+    announce_url: Option<String>,
+    path: std::path::PathBuf,
+    /// For the partition table at the end (whole disks).
+    finish_file: std::fs::File,
+    storage: Arc<dyn Storage>,
+}
+
+/// Checks the manifest (before anything is written) and opens the target (refusing one
+/// that is too small, mounted, in use or the source: `target`).
+fn open(
+    s: &Settings,
+    bytes: Vec<u8>,
+    source_may_be_local: bool,
+    bind_ip: Option<IpAddr>,
+    peer_id: [u8; 20],
+    report_to: &report::ReportTo,
+) -> Result<Target, ReceiverError> {
     let decoded = Manifest::decode(&bytes)
         .map_err(|e| ReceiverError::BadManifest(format!("invalid manifest: {e}")))?;
     drop(bytes); // a fragmented map makes it megabytes; the decoded form is all we need
@@ -165,23 +262,34 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
             bind_ip,
         });
     }
-    let target_path = target::resolve(&s, &m, source)?;
-    if let Some(r) = &machine {
-        r.target(&target_path, m.total_length());
-    }
-    let file = target::open(&target_path, &m, source)?;
+    let path = target::resolve(s, &m, source)?;
+    let file = target::open(&path, &m, source)?;
     let finish_file = file
         .try_clone()
-        .map_err(|e| ReceiverError::Failure(format!("{}: {e}", target_path.display())))?;
-    let device: Arc<dyn Storage> =
-        Arc::new(DeviceStorage::new(file, target_path.clone(), m.map.clone()));
+        .map_err(|e| ReceiverError::Failure(format!("{}: {e}", path.display())))?;
+    let device: Arc<dyn Storage> = Arc::new(DeviceStorage::new(file, path.clone(), m.map.clone()));
     // Flushed every 32 MiB: a device that cannot store a write is named with its piece.
-    let storage: Arc<dyn Storage> = Arc::new(flush::FlushingStorage::new(
-        device,
-        m.clone(),
-        target_path.clone(),
-    ));
+    let storage: Arc<dyn Storage> =
+        Arc::new(flush::FlushingStorage::new(device, m.clone(), path.clone()));
+    Ok(Target {
+        m,
+        info_hash,
+        announce_url,
+        path,
+        finish_file,
+        storage,
+    })
+}
 
+/// Listens, admits peers through the gate (the seeder, peers the tracker handed us, --peer
+/// addresses) and starts the swarm node on the target.
+async fn start_swarm(
+    s: &Settings,
+    t: &Target,
+    peer_id: [u8; 20],
+    bind_ip: Option<IpAddr>,
+    report_to: &report::ReportTo,
+) -> Result<(Swarm, Arc<PeerGate>, u16), ReceiverError> {
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .map_err(|e| ReceiverError::Failure(format!("cannot listen on {}: {e}", s.listen)))?;
@@ -190,12 +298,11 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         .map_err(|e| ReceiverError::Failure(e.to_string()))?
         .port();
     report_to.set_port(port);
-    let n = m.num_pieces() as usize;
-    // Peer connections only from the seeder, peers the tracker handed us and --peer
-    // addresses; an unknown address makes us announce at once (gate.rs).
-    let gate = Arc::new(PeerGate::new(announce_url.is_some()));
+    let m = &t.m;
+    // An unknown address makes us announce at once (gate.rs).
+    let gate = Arc::new(PeerGate::new(t.announce_url.is_some()));
     gate.permit(s.peers.iter().map(|p| p.ip()));
-    gate.permit(seeder_ips(&s.manifest, announce_url.as_deref()).await);
+    gate.permit(seeder_ips(&s.manifest, t.announce_url.as_deref()).await);
     let opts = SwarmOptions {
         bind_ip,
         gate: Some(gate.clone()),
@@ -205,160 +312,80 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     };
     let swarm = Swarm::start(
         TorrentInfo {
-            info_hash,
+            info_hash: t.info_hash,
             piece_length: m.piece_length,
             total_length: m.total_length(),
             piece_hashes: Arc::new(m.piece_hashes.clone()),
         },
         peer_id,
-        storage.clone(),
-        vec![false; n],
+        t.storage.clone(),
+        vec![false; m.num_pieces() as usize],
         listener,
         opts,
     )
     .map_err(|e| ReceiverError::Failure(e.to_string()))?;
     report_to.set_swarm(swarm.clone());
-    state(State::Downloading);
-    info!(target = %target_path.display(), pieces = n, "receiver started");
+    Ok((swarm, gate, port))
+}
 
-    // Resume: pieces already correct on the target count as done. Runs beside the download.
-    if s.resume {
-        let (sw, st, mm) = (swarm.clone(), storage.clone(), m.clone());
-        let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::new();
-            let mut found = 0u32;
-            for i in 0..mm.num_pieces() {
-                if rt.block_on(sw.is_busy_or_have(i)) {
-                    continue;
+/// Pieces already correct on the target count as done (`--resume`), found beside the
+/// download on the blocking pool.
+fn spawn_resume_scan(swarm: &Swarm, t: &Target) {
+    let (sw, st, mm) = (swarm.clone(), t.storage.clone(), t.m.clone());
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        let mut found = 0u32;
+        for i in 0..mm.num_pieces() {
+            if rt.block_on(sw.is_busy_or_have(i)) {
+                continue;
+            }
+            match piece_ok(&*st, &mm, i, &mut buf) {
+                Ok(true) => {
+                    sw.mark_verified(i);
+                    found += 1;
                 }
-                match piece_ok(&*st, &mm, i, &mut buf) {
-                    Ok(true) => {
-                        sw.mark_verified(i);
-                        found += 1;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!("resume scan stopped: {e}");
-                        break;
-                    }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!("resume scan stopped: {e}");
+                    break;
                 }
             }
-            info!(found, "resume scan finished");
-        });
-    }
-
-    // --verify: check pieces against the device in passes while the download runs.
-    let verify_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Whatever way `run` returns, the verifier's thread stops (a runtime waits for it).
-    struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-    }
-    let _stop_verifier = StopOnDrop(verify_stop.clone());
-    let verifier = s.verify.then(|| {
-        let (sw, stop) = (swarm.clone(), verify_stop.clone());
-        let mut v = Verifier::new(storage.clone(), m.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<Verifier> {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let have = sw.have_bits();
-                if v.pending(&have) >= VERIFY_BATCH {
-                    v.pass(&have)?;
-                }
-            }
-            Ok(v)
-        })
+        info!(found, "resume scan finished");
     });
+}
 
-    // Tracker loop.
-    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let (reach_tx, reach_rx) = tokio::sync::watch::channel(Instant::now());
-    let reached_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Every piece on the target, flushed (and with --verify read back): only then does the
-    // tracker hear `completed` / `left=0` (a failing final flush must not count as done).
-    let durable = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The tracker has taken our `completed` (we leave only after, or 2 s after durable).
-    let told_complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    swarm.add_peers(s.peers.iter().copied());
-    if let Some(url) = announce_url.clone() {
-        let sw = swarm.clone();
-        let gate = gate.clone();
-        let total = m.total_length();
-        let reached_once = reached_once.clone();
-        let durable = durable.clone();
-        let told_complete = told_complete.clone();
-        tokio::spawn(async move {
-            let mut event = Some("started");
-            let mut sent_completed = false;
-            loop {
-                let st = sw.stats();
-                let complete = durable.load(std::sync::atomic::Ordering::Acquire);
-                if complete && !sent_completed {
-                    event = Some("completed");
-                }
-                let a = Announce {
-                    url: &url,
-                    info_hash,
-                    peer_id,
-                    port,
-                    ip: bind_ip,
-                    uploaded: st.uploaded,
-                    downloaded: st.downloaded,
-                    // Not 0 before the final flush, even with every piece in.
-                    left: if complete {
-                        0
-                    } else {
-                        (total - st.bytes_have).max(1)
-                    },
-                    event,
-                    failure: None,
-                };
-                let wait = match tracker::announce(&a, bind_ip).await {
-                    Ok(r) => {
-                        reached_once.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let _ = reach_tx.send(Instant::now());
-                        if event == Some("completed") {
-                            sent_completed = true;
-                            told_complete.store(true, std::sync::atomic::Ordering::Release);
-                        }
-                        event = None;
-                        gate.permit(r.peers.iter().map(|p| p.ip()));
-                        sw.add_peers(r.peers);
-                        let _ = done_tx.send(r.done);
-                        // Once complete, poll four times a second so that "done" is seen at
-                        // once (receivers exit together, ~0.25 s after the last completes).
-                        if complete {
-                            Duration::from_millis(250)
-                        } else {
-                            r.interval.min(Duration::from_secs(10))
-                        }
-                    }
-                    Err(e) => {
-                        debug!("announce failed: {e}");
-                        Duration::from_secs(1)
-                    }
-                };
-                // Announce again at once when we complete, or (at most once a second) when
-                // an address we do not know yet dials us.
-                let wait_until = Instant::now() + wait;
-                let earliest = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < wait_until {
-                    if durable.load(std::sync::atomic::Ordering::Acquire) && !sent_completed {
-                        break;
-                    }
-                    if Instant::now() >= earliest && gate.take_asked() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+/// `--verify`: pieces are read back from the target in passes while the download runs.
+fn spawn_verifier(
+    swarm: &Swarm,
+    t: &Target,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<std::io::Result<Verifier>> {
+    let sw = swarm.clone();
+    let mut v = Verifier::new(t.storage.clone(), t.m.clone());
+    tokio::task::spawn_blocking(move || -> std::io::Result<Verifier> {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let have = sw.have_bits();
+            if v.pending(&have) >= VERIFY_BATCH {
+                v.pass(&have)?;
             }
-        });
-    }
+        }
+        Ok(v)
+    })
+}
 
-    let mut pb = terminal::Terminal::new(&s, m.total_length());
+/// Until every piece is on the target (flushed), or a reason to give up: a storage failure,
+/// a stall (`--stall-timeout`, `stall`), or nobody reached within `--retry-for`.
+async fn download(
+    s: &Settings,
+    t: &Target,
+    swarm: &Swarm,
+    heard: &announce::Heard,
+    machine: Option<&machine_post::Reporter>,
+    pb: &mut terminal::Terminal,
+) -> Result<(), ReceiverError> {
     let started = Instant::now();
     let mut stall = s.stall_timeout.map(|t| StallWatch::new(t, started));
     let mut contact = false;
@@ -368,16 +395,15 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         }
         let st = swarm.stats();
         pb.update(&st);
-        if let Some(r) = &machine {
+        if let Some(r) = machine {
             r.progress(st.bytes_have);
             r.compressed(&st.zstd);
         }
         if st.pieces_have == st.pieces_total {
             break;
         }
-        contact |= !st.peers.is_empty()
-            || st.pieces_have > 0
-            || reached_once.load(std::sync::atomic::Ordering::Relaxed);
+        let reached_once = heard.reached_once.load(Ordering::Relaxed);
+        contact |= !st.peers.is_empty() || st.pieces_have > 0 || reached_once;
         if let Some(stalled) = stall
             .as_mut()
             .and_then(|w| w.check(Instant::now(), contact, st.pieces_have, &st.peers))
@@ -392,7 +418,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
                     stalled,
                     missing: &missing,
                     total: st.pieces_total,
-                    tracker: announce_url.as_deref(),
+                    tracker: t.announce_url.as_deref(),
                     known: &swarm.known_peers(),
                     connected: &st.peers,
                 }
@@ -402,145 +428,123 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         // Give up only if nothing at all arrived and the seeder never answered.
         if st.bytes_have == 0
             && st.peers.is_empty()
-            && !reached_once.load(std::sync::atomic::Ordering::Relaxed)
+            && !reached_once
             && started.elapsed() > s.retry_for
         {
             return Err(ReceiverError::Unreachable(format!(
                 "no tracker reply and no peer after {:.0} s ({}); target untouched",
                 started.elapsed().as_secs_f64(),
-                announce_url.as_deref().unwrap_or("no tracker")
+                t.announce_url.as_deref().unwrap_or("no tracker")
             )));
         }
         // A line is due every --progress-interval even while no piece arrives.
         let _ = tokio::time::timeout(Duration::from_secs(1), swarm.changed()).await;
     }
     pb.finish();
-    storage
+    t.storage
         .sync()
         .map_err(|e| ReceiverError::Failure(format!("flushing target: {e}")))?;
     let secs = started.elapsed().as_secs_f64();
     let st = swarm.stats();
-    let z = &st.zstd;
-    let zline = if z.received_blocks > 0 {
-        format!(
-            " ({} of them as zstd frames of {} bytes)",
-            z.received_raw_bytes, z.received_frame_bytes
-        )
-    } else {
-        String::new()
-    };
+    let total = t.m.total_length();
     eprintln!(
-        "receiver: {} complete: {} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
-        target_path.display(),
-        m.total_length(),
-        m.total_length() as f64 / 1048576.0 / secs.max(1e-9),
+        "receiver: {} complete: {total} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
+        t.path.display(),
+        total as f64 / 1048576.0 / secs.max(1e-9),
         st.downloaded
     );
-    if !zline.is_empty() {
-        eprintln!("receiver: compressed:{zline}");
-    }
-
-    if let Some(task) = verifier {
-        state(State::Verifying);
-        verify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let pass = async {
-            let mut v = task.await??;
-            tokio::task::spawn_blocking(move || {
-                v.pass(&vec![true; v.checked.len()])?;
-                Ok::<_, std::io::Error>(v.bad)
-            })
-            .await?
-        };
-        tokio::pin!(pass);
-        // A progress line now and then while the final pass reads the target back.
-        let bad = loop {
-            tokio::select! {
-                r = &mut pass => break r,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => pb.line("verifying", &swarm.stats()),
-            }
-        }
-        .map_err(|e| {
-            ReceiverError::Verify(format!(
-                "verification failed (flushing or reading the target): {e}"
-            ))
-        })?;
-        if !bad.is_empty() {
-            return Err(ReceiverError::Verify(format!(
-                "{} pieces do not verify on the target (first: {})",
-                bad.len(),
-                bad[0]
-            )));
-        }
+    let z = &st.zstd;
+    if z.received_blocks > 0 {
         eprintln!(
-            "receiver: verified all {} pieces on the target",
-            m.num_pieces()
+            "receiver: compressed: ({} of them as zstd frames of {} bytes)",
+            z.received_raw_bytes, z.received_frame_bytes
         );
     }
+    Ok(())
+}
 
-    durable.store(true, std::sync::atomic::Ordering::Release);
-    if let Some(r) = &machine {
-        r.progress(m.total_length());
+/// `--verify`: the final pass reads back what the passes during the download did not.
+async fn verify_final(
+    task: tokio::task::JoinHandle<std::io::Result<Verifier>>,
+    t: &Target,
+    swarm: &Swarm,
+    pb: &mut terminal::Terminal,
+) -> Result<(), ReceiverError> {
+    let pass = async {
+        let mut v = task.await??;
+        tokio::task::spawn_blocking(move || {
+            v.pass(&vec![true; v.checked.len()])?;
+            Ok::<_, std::io::Error>(v.bad)
+        })
+        .await?
+    };
+    tokio::pin!(pass);
+    // A progress line now and then while the final pass reads the target back.
+    let bad = loop {
+        tokio::select! {
+            r = &mut pass => break r,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => pb.line("verifying", &swarm.stats()),
+        }
     }
-    state(State::Seeding);
-    let durable_at = Instant::now();
+    .map_err(|e| {
+        ReceiverError::Verify(format!(
+            "verification failed (flushing or reading the target): {e}"
+        ))
+    })?;
+    if !bad.is_empty() {
+        return Err(ReceiverError::Verify(format!(
+            "{} pieces do not verify on the target (first: {})",
+            bad.len(),
+            bad[0]
+        )));
+    }
+    eprintln!(
+        "receiver: verified all {} pieces on the target",
+        t.m.num_pieces()
+    );
+    Ok(())
+}
 
-    // Seed until the seeder says the swarm is done, the seed time runs out, or the seeder is
-    // gone for 30 s.
-    let seed_start = Instant::now();
-    let mut seed_error = None;
+/// Seeds until the swarm is done, the seed time runs out, or the seeder is gone
+/// (`seed_end`); a storage failure meanwhile is returned.
+async fn seed(
+    s: &Settings,
+    t: &Target,
+    swarm: &Swarm,
+    heard: &announce::Heard,
+    machine: Option<&machine_post::Reporter>,
+    pb: &mut terminal::Terminal,
+) -> Option<String> {
+    let start = Instant::now();
     loop {
-        // Done: leave once the tracker has our `completed` (so the seeder counts us), or
-        // after 2 s of trying.
-        if *done_rx.borrow()
-            && (announce_url.is_none()
-                || told_complete.load(std::sync::atomic::Ordering::Acquire)
-                || durable_at.elapsed() > Duration::from_secs(2))
-        {
-            break;
-        }
-        if seed_start.elapsed() >= s.seed_after {
-            info!("seed time over");
-            break;
-        }
-        if announce_url.is_some() && reach_rx.borrow().elapsed() > Duration::from_secs(30) {
-            info!("seeder unreachable for 30 s; stopping");
-            break;
+        let now = Seeding {
+            done: *heard.done.borrow(),
+            has_tracker: t.announce_url.is_some(),
+            told_complete: heard.told_complete.load(Ordering::Acquire),
+            seeding_for: start.elapsed(),
+            seed_after: s.seed_after,
+            silent_for: heard.reached.borrow().elapsed(),
+        };
+        match seed_end(now) {
+            Some(SeedEnd::Done) => return None,
+            Some(SeedEnd::TimeOver) => {
+                info!("seed time over");
+                return None;
+            }
+            Some(SeedEnd::SeederGone) => {
+                info!("seeder unreachable for 30 s; stopping");
+                return None;
+            }
+            None => {}
         }
         if let Some(e) = swarm.fatal_error() {
-            seed_error = Some(e.to_string());
-            break;
+            return Some(e.to_string());
         }
         let st = swarm.stats();
-        if let Some(r) = &machine {
+        if let Some(r) = machine {
             r.compressed(&st.zstd);
         }
         pb.line("seeding", &st);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    swarm.disconnect_all().await;
-    // A whole disk gets its partition table for this target's size once no peer reads
-    // pieces from it any more (the GPT's primary header is in a piece).
-    target::finish_disk(finish_file, &target_path, &m)?;
-    if let Some(e) = seed_error {
-        return Err(ReceiverError::Failure(e));
-    }
-    if let Some(url) = &announce_url {
-        let _ = tracker::announce(
-            &Announce {
-                url,
-                info_hash,
-                peer_id,
-                port,
-                ip: bind_ip,
-                uploaded: swarm.stats().uploaded,
-                downloaded: swarm.stats().downloaded,
-                left: 0,
-                event: Some("stopped"),
-                failure: None,
-            },
-            bind_ip,
-        )
-        .await;
-    }
-    Ok(())
 }
