@@ -165,10 +165,6 @@ impl Actor {
                 self.apply();
             }
         }
-        self.swarm
-            .shared
-            .ramping
-            .store(self.node.core.ramping(), Ordering::Relaxed);
     }
 
     fn on_input(&mut self, input: Input) {
@@ -296,6 +292,11 @@ impl Actor {
                 let _ = node.core.handle(now, Input::Flooding { key });
             }
         }
+        // Before anything else runs: a writer of a connection just registered reads it.
+        self.swarm
+            .shared
+            .ramping
+            .store(self.node.core.ramping(), Ordering::Relaxed);
     }
 }
 
