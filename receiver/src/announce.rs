@@ -4,7 +4,6 @@
 //! the gate; keeps what the rest of the run waits for (the swarm is done, when the tracker
 //! last answered, whether it has taken our `completed`).
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,17 +14,7 @@ use blockswarm_swarm::Swarm;
 use tokio::sync::watch;
 use tracing::debug;
 
-/// Who we are to the tracker.
-#[derive(Clone)]
-pub(crate) struct Whom {
-    pub url: String,
-    pub info_hash: [u8; 20],
-    pub peer_id: [u8; 20],
-    pub port: u16,
-    pub bind_ip: Option<IpAddr>,
-    /// Bytes of the whole image.
-    pub total: u64,
-}
+use crate::report::Dest;
 
 /// What the tracker loop tells the rest of the run.
 pub(crate) struct Heard {
@@ -53,7 +42,14 @@ impl Heard {
 
 /// Starts the loop. `durable`: every piece is on the target, flushed (and with --verify read
 /// back); only then does the tracker hear `completed` / `left=0`.
-pub(crate) fn spawn(w: Whom, sw: Swarm, gate: Arc<PeerGate>, durable: Arc<AtomicBool>) -> Heard {
+/// `total`: bytes of the whole image.
+pub(crate) fn spawn(
+    w: Dest,
+    total: u64,
+    sw: Swarm,
+    gate: Arc<PeerGate>,
+    durable: Arc<AtomicBool>,
+) -> Heard {
     let (done_tx, done) = watch::channel(false);
     let (reach_tx, reached) = watch::channel(Instant::now());
     let heard = Heard {
@@ -84,7 +80,7 @@ pub(crate) fn spawn(w: Whom, sw: Swarm, gate: Arc<PeerGate>, durable: Arc<Atomic
                 left: if complete {
                     0
                 } else {
-                    (w.total - st.bytes_have).max(1)
+                    (total - st.bytes_have).max(1)
                 },
                 event,
                 failure: None,
@@ -133,7 +129,7 @@ pub(crate) fn spawn(w: Whom, sw: Swarm, gate: Arc<PeerGate>, durable: Arc<Atomic
 }
 
 /// The last word to the tracker: `stopped` (one try, bounded by the client's timeouts).
-pub(crate) async fn stopped(w: &Whom, uploaded: u64, downloaded: u64) {
+pub(crate) async fn stopped(w: &Dest, uploaded: u64, downloaded: u64) {
     let _ = tracker::announce(
         &Announce {
             url: &w.url,

@@ -167,21 +167,30 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     // tracker hear `completed` / `left=0` (a failing final flush must not count as done).
     let durable = Arc::new(AtomicBool::new(false));
     swarm.add_peers(s.peers.iter().copied());
-    let whom = t.announce_url.clone().map(|url| announce::Whom {
+    let dest = t.announce_url.clone().map(|url| report::Dest {
         url,
         info_hash: t.info_hash,
         peer_id,
         port,
         bind_ip,
-        total: t.m.total_length(),
     });
-    let heard = match &whom {
-        Some(w) => announce::spawn(w.clone(), swarm.clone(), gate, durable.clone()),
+    let heard = match &dest {
+        Some(d) => {
+            let total = t.m.total_length();
+            announce::spawn(d.clone(), total, swarm.clone(), gate, durable.clone())
+        }
         None => announce::Heard::nothing(),
     };
 
     let mut pb = terminal::Terminal::new(&s, t.m.total_length());
-    download(&s, &t, &swarm, &heard, machine.as_deref(), &mut pb).await?;
+    let run = Run {
+        s: &s,
+        t: &t,
+        swarm: &swarm,
+        heard: &heard,
+        machine: machine.as_deref(),
+    };
+    run.download(&mut pb).await?;
     if let Some(task) = verifier {
         state(State::Verifying);
         verify_stop.store(true, Ordering::Relaxed);
@@ -192,7 +201,7 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
         r.progress(t.m.total_length());
     }
     state(State::Seeding);
-    let seed_error = seed(&s, &t, &swarm, &heard, machine.as_deref(), &mut pb).await;
+    let seed_error = run.seed(&mut pb).await;
     swarm.disconnect_all().await;
     // A whole disk gets its partition table for this target's size once no peer reads
     // pieces from it any more (the GPT's primary header is in a piece).
@@ -200,9 +209,9 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     if let Some(e) = seed_error {
         return Err(ReceiverError::Failure(e));
     }
-    if let Some(w) = &whom {
+    if let Some(d) = &dest {
         let st = swarm.stats();
-        announce::stopped(w, st.uploaded, st.downloaded).await;
+        announce::stopped(d, st.uploaded, st.downloaded).await;
     }
     Ok(())
 }
@@ -376,91 +385,147 @@ fn spawn_verifier(
     })
 }
 
-/// Until every piece is on the target (flushed), or a reason to give up: a storage failure,
-/// a stall (`--stall-timeout`, `stall`), or nobody reached within `--retry-for`.
-async fn download(
-    s: &Settings,
-    t: &Target,
-    swarm: &Swarm,
-    heard: &announce::Heard,
-    machine: Option<&machine_post::Reporter>,
-    pb: &mut terminal::Terminal,
-) -> Result<(), ReceiverError> {
-    let started = Instant::now();
-    let mut stall = s.stall_timeout.map(|t| StallWatch::new(t, started));
-    let mut contact = false;
-    loop {
-        if let Some(e) = swarm.fatal_error() {
-            return Err(ReceiverError::Failure(e.to_string()));
+/// What the download and seeding phases work with.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    s: &'a Settings,
+    t: &'a Target,
+    swarm: &'a Swarm,
+    heard: &'a announce::Heard,
+    machine: Option<&'a machine_post::Reporter>,
+}
+
+impl Run<'_> {
+    /// Until every piece is on the target (flushed), or a reason to give up: a storage failure,
+    /// a stall (`--stall-timeout`, `stall`), or nobody reached within `--retry-for`.
+    async fn download(&self, pb: &mut terminal::Terminal) -> Result<(), ReceiverError> {
+        let Run {
+            s,
+            t,
+            swarm,
+            heard,
+            machine,
+        } = *self;
+        let started = Instant::now();
+        let mut stall = s.stall_timeout.map(|t| StallWatch::new(t, started));
+        let mut contact = false;
+        loop {
+            if let Some(e) = swarm.fatal_error() {
+                return Err(ReceiverError::Failure(e.to_string()));
+            }
+            let st = swarm.stats();
+            pb.update(&st);
+            if let Some(r) = machine {
+                r.progress(st.bytes_have);
+                r.compressed(&st.zstd);
+            }
+            if st.pieces_have == st.pieces_total {
+                break;
+            }
+            let reached_once = heard.reached_once.load(Ordering::Relaxed);
+            contact |= !st.peers.is_empty() || st.pieces_have > 0 || reached_once;
+            if let Some(stalled) = stall
+                .as_mut()
+                .and_then(|w| w.check(Instant::now(), contact, st.pieces_have, &st.peers))
+            {
+                pb.finish();
+                let have = swarm.have_bits();
+                let missing: Vec<u32> = (0..have.len() as u32)
+                    .filter(|&i| !have[i as usize])
+                    .collect();
+                return Err(ReceiverError::GaveUp(
+                    GiveUp {
+                        stalled,
+                        missing: &missing,
+                        total: st.pieces_total,
+                        tracker: t.announce_url.as_deref(),
+                        known: &swarm.known_peers(),
+                        connected: &st.peers,
+                    }
+                    .to_string(),
+                ));
+            }
+            // Give up only if nothing at all arrived and the seeder never answered.
+            if st.bytes_have == 0
+                && st.peers.is_empty()
+                && !reached_once
+                && started.elapsed() > s.retry_for
+            {
+                return Err(ReceiverError::Unreachable(format!(
+                    "no tracker reply and no peer after {:.0} s ({}); target untouched",
+                    started.elapsed().as_secs_f64(),
+                    t.announce_url.as_deref().unwrap_or("no tracker")
+                )));
+            }
+            // A line is due every --progress-interval even while no piece arrives.
+            let _ = tokio::time::timeout(Duration::from_secs(1), swarm.changed()).await;
         }
+        pb.finish();
+        t.storage
+            .sync()
+            .map_err(|e| ReceiverError::Failure(format!("flushing target: {e}")))?;
+        let secs = started.elapsed().as_secs_f64();
         let st = swarm.stats();
-        pb.update(&st);
-        if let Some(r) = machine {
-            r.progress(st.bytes_have);
-            r.compressed(&st.zstd);
-        }
-        if st.pieces_have == st.pieces_total {
-            break;
-        }
-        let reached_once = heard.reached_once.load(Ordering::Relaxed);
-        contact |= !st.peers.is_empty() || st.pieces_have > 0 || reached_once;
-        if let Some(stalled) = stall
-            .as_mut()
-            .and_then(|w| w.check(Instant::now(), contact, st.pieces_have, &st.peers))
-        {
-            pb.finish();
-            let have = swarm.have_bits();
-            let missing: Vec<u32> = (0..have.len() as u32)
-                .filter(|&i| !have[i as usize])
-                .collect();
-            return Err(ReceiverError::GaveUp(
-                GiveUp {
-                    stalled,
-                    missing: &missing,
-                    total: st.pieces_total,
-                    tracker: t.announce_url.as_deref(),
-                    known: &swarm.known_peers(),
-                    connected: &st.peers,
-                }
-                .to_string(),
-            ));
-        }
-        // Give up only if nothing at all arrived and the seeder never answered.
-        if st.bytes_have == 0
-            && st.peers.is_empty()
-            && !reached_once
-            && started.elapsed() > s.retry_for
-        {
-            return Err(ReceiverError::Unreachable(format!(
-                "no tracker reply and no peer after {:.0} s ({}); target untouched",
-                started.elapsed().as_secs_f64(),
-                t.announce_url.as_deref().unwrap_or("no tracker")
-            )));
-        }
-        // A line is due every --progress-interval even while no piece arrives.
-        let _ = tokio::time::timeout(Duration::from_secs(1), swarm.changed()).await;
-    }
-    pb.finish();
-    t.storage
-        .sync()
-        .map_err(|e| ReceiverError::Failure(format!("flushing target: {e}")))?;
-    let secs = started.elapsed().as_secs_f64();
-    let st = swarm.stats();
-    let total = t.m.total_length();
-    eprintln!(
-        "receiver: {} complete: {total} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
-        t.path.display(),
-        total as f64 / 1048576.0 / secs.max(1e-9),
-        st.downloaded
-    );
-    let z = &st.zstd;
-    if z.received_blocks > 0 {
+        let total = t.m.total_length();
         eprintln!(
-            "receiver: compressed: ({} of them as zstd frames of {} bytes)",
-            z.received_raw_bytes, z.received_frame_bytes
+            "receiver: {} complete: {total} bytes in {secs:.1} s ({:.1} MiB/s), {} bytes downloaded",
+            t.path.display(),
+            total as f64 / 1048576.0 / secs.max(1e-9),
+            st.downloaded
         );
+        let z = &st.zstd;
+        if z.received_blocks > 0 {
+            eprintln!(
+                "receiver: compressed: ({} of them as zstd frames of {} bytes)",
+                z.received_raw_bytes, z.received_frame_bytes
+            );
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Seeds until the swarm is done, the seed time runs out, or the seeder is gone
+    /// (`seed_end`); a storage failure meanwhile is returned.
+    async fn seed(&self, pb: &mut terminal::Terminal) -> Option<String> {
+        let Run {
+            s,
+            t,
+            swarm,
+            heard,
+            machine,
+        } = *self;
+        let start = Instant::now();
+        loop {
+            let now = Seeding {
+                done: *heard.done.borrow(),
+                has_tracker: t.announce_url.is_some(),
+                told_complete: heard.told_complete.load(Ordering::Acquire),
+                seeding_for: start.elapsed(),
+                seed_after: s.seed_after,
+                silent_for: heard.reached.borrow().elapsed(),
+            };
+            match seed_end(now) {
+                Some(SeedEnd::Done) => return None,
+                Some(SeedEnd::TimeOver) => {
+                    info!("seed time over");
+                    return None;
+                }
+                Some(SeedEnd::SeederGone) => {
+                    info!("seeder unreachable for 30 s; stopping");
+                    return None;
+                }
+                None => {}
+            }
+            if let Some(e) = swarm.fatal_error() {
+                return Some(e.to_string());
+            }
+            let st = swarm.stats();
+            if let Some(r) = machine {
+                r.compressed(&st.zstd);
+            }
+            pb.line("seeding", &st);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// `--verify`: the final pass reads back what the passes during the download did not.
@@ -503,48 +568,4 @@ async fn verify_final(
         t.m.num_pieces()
     );
     Ok(())
-}
-
-/// Seeds until the swarm is done, the seed time runs out, or the seeder is gone
-/// (`seed_end`); a storage failure meanwhile is returned.
-async fn seed(
-    s: &Settings,
-    t: &Target,
-    swarm: &Swarm,
-    heard: &announce::Heard,
-    machine: Option<&machine_post::Reporter>,
-    pb: &mut terminal::Terminal,
-) -> Option<String> {
-    let start = Instant::now();
-    loop {
-        let now = Seeding {
-            done: *heard.done.borrow(),
-            has_tracker: t.announce_url.is_some(),
-            told_complete: heard.told_complete.load(Ordering::Acquire),
-            seeding_for: start.elapsed(),
-            seed_after: s.seed_after,
-            silent_for: heard.reached.borrow().elapsed(),
-        };
-        match seed_end(now) {
-            Some(SeedEnd::Done) => return None,
-            Some(SeedEnd::TimeOver) => {
-                info!("seed time over");
-                return None;
-            }
-            Some(SeedEnd::SeederGone) => {
-                info!("seeder unreachable for 30 s; stopping");
-                return None;
-            }
-            None => {}
-        }
-        if let Some(e) = swarm.fatal_error() {
-            return Some(e.to_string());
-        }
-        let st = swarm.stats();
-        if let Some(r) = machine {
-            r.compressed(&st.zstd);
-        }
-        pb.line("seeding", &st);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
