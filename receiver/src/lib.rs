@@ -138,9 +138,6 @@ async fn run_inner(cli: Cli, report_to: &report::ReportTo) -> Result<(), Receive
     let (bytes, source_may_be_local) = fetch_manifest(&s, bind_ip).await?;
     state(State::CheckingTarget);
     let t = open(&s, bytes, source_may_be_local, bind_ip, peer_id, report_to)?;
-    if let Some(r) = &machine {
-        r.target(&t.path, t.m.total_length());
-    }
     let (swarm, gate, port) = start_swarm(&s, &t, peer_id, bind_ip, report_to).await?;
     state(State::Downloading);
     info!(target = %t.path.display(), pieces = t.m.num_pieces(), "receiver started");
@@ -272,6 +269,10 @@ fn open(
         });
     }
     let path = target::resolve(s, &m, source)?;
+    // The dashboard shows the target even if it is refused next.
+    if let Some(r) = report_to.machine.get() {
+        r.target(&path, m.total_length());
+    }
     let file = target::open(&path, &m, source)?;
     let finish_file = file
         .try_clone()
