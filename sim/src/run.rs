@@ -15,6 +15,7 @@ use crate::topology::{addr_of, node_of, Params, Role};
 use crate::{ns, Ns, SimError};
 
 mod report;
+mod trace;
 mod transport;
 
 pub use report::Report;
@@ -51,6 +52,7 @@ enum Ev {
     Arrive(u64),
     Verified { node: usize, index: u32, ok: bool },
     Die(usize),
+    TraceLine,
 }
 
 enum Content {
@@ -107,6 +109,7 @@ struct Sim {
     bad_requests: u64,
     hash_failures: u64,
     processed: u64,
+    trace: trace::Trace,
 }
 
 /// Runs one simulation to its end (every live receiver done, or the time limit).
@@ -191,7 +194,11 @@ pub fn run(p: &Params) -> Result<Report, SimError> {
         bad_requests: 0,
         hash_failures: 0,
         processed: 0,
+        trace: trace::Trace::from_env(),
     };
+    if sim.trace.every > 0 {
+        sim.at(sim.trace.every, Ev::TraceLine);
+    }
     let ideal = ns(Duration::from_secs_f64(p.ideal_secs()));
     for i in 0..p.total_nodes() {
         let at = if p.role(i) == Role::Receiver {
@@ -279,6 +286,7 @@ impl Sim {
                     self.feed(node, None, Input::Verified { index, result });
                 }
             }
+            Ev::TraceLine => self.trace_line(),
             Ev::Die(i) => {
                 if !self.nodes[i].alive || self.nodes[i].done_at.is_some() {
                     return;

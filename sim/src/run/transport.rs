@@ -36,6 +36,7 @@ impl Sim {
             Content::Block(r) => {
                 if self.nodes[i].role == Role::Seeder {
                     self.seeder_block_bytes += r.length as u64;
+                    self.trace_seeder_block(r.index, r.begin, r.length as u64);
                 }
                 self.nodes[i].queued += r.length as u64;
                 13 + r.length as u64
