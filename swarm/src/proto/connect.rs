@@ -91,8 +91,15 @@ impl Core {
                 },
             ));
         }
-        // We never choke on a LAN: everyone may ask from the start.
-        self.out.push_back(Action::Send(key, Msg::Unchoke));
+        // A Fast-extension peer waits for its turn (see `turns`), told so at once (that
+        // we give turns is how it knows to ask for a whole piece when unchoked); others
+        // may ask from the start.
+        if self.slotted(key) {
+            self.peers.get_mut(&key).expect("present").choked = true;
+            self.out.push_back(Action::Send(key, Msg::Choke));
+        } else {
+            self.out.push_back(Action::Send(key, Msg::Unchoke));
+        }
         self.out.push_back(Action::Changed);
         Ok(key)
     }

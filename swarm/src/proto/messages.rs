@@ -39,7 +39,17 @@ impl Core {
     ) -> Result<(), SwarmError> {
         let n = self.lengths.total_pieces();
         match msg {
-            Msg::KeepAlive | Msg::NotInterested | Msg::AllowedFast(_) | Msg::Interested => {}
+            Msg::KeepAlive | Msg::AllowedFast(_) => {}
+            Msg::Interested | Msg::NotInterested => {
+                let want = matches!(msg, Msg::Interested);
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.interested = want;
+                }
+                if !want {
+                    self.end_slot(key, true);
+                }
+                self.fill_slots(now);
+            }
             Msg::Suggest(i) => {
                 // A blockswarm seeder that refused a request names a piece it has not sent
                 // to anyone yet: asked for next, it will not be refused.
@@ -89,6 +99,7 @@ impl Core {
             Msg::Choke => {
                 if let Some(p) = self.peers.get_mut(&key) {
                     p.choked_us = true;
+                    p.turns = true;
                     if !p.fast {
                         // Without the Fast extension a choke drops every pending request.
                         let pending: Vec<_> = p.inflight.keys().copied().collect();
@@ -111,10 +122,13 @@ impl Core {
             Msg::Cancel(r) => self.out.push_back(Action::CancelServe(key, r)),
             Msg::Reject(r) => {
                 if let Some(p) = self.peers.get_mut(&key) {
+                    // Refused because our turn ended (the choke came first): not the piece.
                     if p.inflight.remove(&(r.index, r.begin)).is_some() {
-                        p.rejected.insert(r.index, now);
-                        if p.has_count == n {
-                            p.rationing = Some(now);
+                        if !p.choked_us {
+                            p.rejected.insert(r.index, now);
+                            if p.has_count == n {
+                                p.rationing = Some(now);
+                            }
                         }
                         self.release_block(key, r.index, r.begin);
                         // A refused piece nothing arrived for yet must not hold a slot of
@@ -160,18 +174,21 @@ impl Core {
         // Once some peer holds every piece and our upload queue has run dry, a second
         // copy costs nothing: the link would be idle otherwise.
         let idle = self.held == n && upload_queued < self.lengths.default_piece_length() as u64;
-        let refuse = ok && fast && self.cfg.prefer_unsent && self.refuse(now, key, r.index, idle);
+        let choked = ok && self.out_of_turn(key, r.index);
+        let refuse = ok
+            && fast
+            && (choked || (self.cfg.prefer_unsent && self.refuse(now, key, r.index, idle)));
         if ok && !refuse {
             self.out.push_back(Action::Serve(key, r));
+            self.upload_queued += r.length as u64;
+            self.slot_served(now, key, r.index);
         } else if fast {
             self.out.push_back(Action::Send(key, Msg::Reject(r)));
             self.rejects_sent += 1;
             // With a refusal of a piece's first block, suggest a piece nobody has been
             // sent yet (reserved for this peer), so the next request is not refused too.
-            if refuse && r.begin == 0 {
-                if let Some(j) = self.next_unassigned(key) {
-                    self.out.push_back(Action::Send(key, Msg::Suggest(j)));
-                }
+            if refuse && !choked && r.begin == 0 {
+                self.suggest_unsent(key);
             }
         }
     }

@@ -35,10 +35,12 @@ mod seed;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod turns;
 
 pub use connect::Hello;
 pub use peer::client_name;
 pub use stats::{PeerStats, Stats};
+pub use turns::{turn_queue, TURNS, TURN_MAX};
 
 use messages::Payload;
 use peer::{Known, PeerState};
@@ -218,6 +220,10 @@ pub struct Core {
     held: u32,
     /// Seeder policy: where the search for a piece to suggest starts.
     suggest_cursor: usize,
+    /// Seeder policy: the peer last given a turn (round robin).
+    slot_cursor: u64,
+    /// Bytes waiting for our link, as the driver last told us (or as we guess since).
+    upload_queued: u64,
     /// Seeder policy: since when we have been refusing (peer, piece), and when it last asked.
     refusing: Map<(u64, u32), (Instant, Instant)>,
     downloaded: u64,
@@ -276,6 +282,8 @@ impl Core {
             unassigned: n as u32,
             held: 0,
             suggest_cursor: ((seed >> 32) % m) as usize,
+            slot_cursor: 0,
+            upload_queued: 0,
             refusing: Map::with_hasher(hasher),
             downloaded: 0,
             hash_failures: 0,
@@ -294,7 +302,12 @@ impl Core {
                 key,
                 msg,
                 upload_queued,
-            } => return self.on_message(now, key, msg, upload_queued),
+            } => {
+                self.upload_queued = upload_queued;
+                let r = self.on_message(now, key, msg, upload_queued);
+                self.fill_slots(now);
+                return r;
+            }
             Input::ZBlock {
                 key,
                 index,
@@ -317,6 +330,7 @@ impl Core {
             }
             Input::Disconnected { key } => {
                 self.remove_peer(key);
+                self.fill_slots(now);
                 self.out.push_back(Action::Changed);
             }
             Input::Flooding { key } => self.ban(key, "requests without reading our refusals"),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use crate::wire::{Msg, Req};
+use crate::wire::{Msg, Req, BLOCK_SIZE};
 
 use super::peer::PeerState;
 use super::{Action, Core, STALL_AFTER, TICK};
@@ -17,7 +17,7 @@ impl Core {
         // Only a rationing seed's requests need the number of seeds (see `pick_block`).
         let n = self.have.len() as u32;
         let seeds = match self.peers.get(&key) {
-            Some(p) if p.is_rationing(now) => {
+            Some(p) if p.is_rationing(now) || (p.turns && p.has_count == n) => {
                 self.peers.values().filter(|p| p.has_count == n).count() as u32
             }
             _ => 0,
@@ -27,13 +27,17 @@ impl Core {
                 return;
             };
             let cfg = &self.cfg;
-            if p.choked_us
-                || p.useful == 0
-                || p.inflight.len() >= p.rate.pipeline(cfg.request_queue_time, cfg.pipeline_blocks)
-            {
+            let mut want = p.rate.pipeline(cfg.request_queue_time, cfg.pipeline_blocks);
+            if p.turns {
+                // A peer that gives turns: a piece's worth at once, what a turn serves (the
+                // turn is short; more would be refused).
+                want = self.lengths.default_piece_length().div_ceil(BLOCK_SIZE) as usize;
+            }
+            if p.choked_us || p.useful == 0 || p.inflight.len() >= want {
                 return;
             }
             let Some((index, begin, length)) = self.pick_block(now, key, seeds) else {
+                self.decline_turn(key);
                 return;
             };
             let p = self.peers.get_mut(&key).expect("present");
@@ -44,6 +48,18 @@ impl Core {
                 length,
             };
             self.out.push_back(Action::Send(key, Msg::Request(r)));
+        }
+    }
+
+    /// A peer gave us a turn and we have nothing (more) to ask it for: we say we are not
+    /// interested, so that the turn goes to another peer (we say we are again when it
+    /// tells us of a piece we lack).
+    fn decline_turn(&mut self, key: u64) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            if p.turns && !p.choked_us && p.inflight.is_empty() && p.am_interested {
+                p.am_interested = false;
+                self.out.push_back(Action::Send(key, Msg::NotInterested));
+            }
         }
     }
 
@@ -81,9 +97,17 @@ impl Core {
                 self.release_block(*k, i, b);
             }
         }
-        for k in keys {
-            self.fill_requests(now, k);
+        let n = self.have.len() as u32;
+        for k in &keys {
+            // A seed's turn we declined: interested again (pieces we were fetching
+            // elsewhere may have failed or stalled meanwhile; a seed sends no HAVE that
+            // would tell us to).
+            if self.peers.get(k).is_some_and(|p| p.has_count == n) {
+                self.update_interest(*k);
+            }
+            self.fill_requests(now, *k);
         }
+        self.expire_slots(now);
         self.dial_known(now);
     }
 

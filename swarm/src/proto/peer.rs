@@ -82,6 +82,25 @@ pub(crate) struct PeerState {
     pub(crate) admit: Admission,
     /// The id it wants for `bs_zstd` messages (0: it takes plain blocks only).
     pub(crate) zstd_id: u8,
+    /// It told us it is interested (wants pieces of ours).
+    pub(crate) interested: bool,
+    /// A seed that chokes us between turns (a blockswarm seeder, see `seed`): asked for a
+    /// whole piece at once when it unchokes us.
+    pub(crate) turns: bool,
+    /// We choke it (a seeder's turns, see `seed`).
+    pub(crate) choked: bool,
+    /// Its upload slot at a seeder, if it has one.
+    pub(crate) slot: Option<Slot>,
+}
+
+/// A peer's turn at a seeder's link (see `seed`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub(crate) since: Instant,
+    /// The piece it is being sent in this turn.
+    pub(crate) piece: Option<u32>,
+    /// Blocks of that piece served so far.
+    pub(crate) served: u32,
 }
 
 impl PeerState {
@@ -112,6 +131,10 @@ impl PeerState {
             outgoing,
             admit: Admission::default(),
             zstd_id: 0,
+            interested: false,
+            turns: false,
+            choked: false,
+            slot: None,
         }
     }
 

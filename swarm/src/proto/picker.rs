@@ -45,6 +45,18 @@ impl Core {
         best.map(|(_, i)| i)
     }
 
+    /// Starts fetching piece `index`, first from `key`.
+    fn start_piece(&mut self, index: u32, key: u64) {
+        if self.availability[index as usize] <= 1 {
+            self.cursor = (index + 1) % self.have.len() as u32;
+        }
+        let mut ip = self.new_in_progress(index);
+        if self.single_source.contains(&index) {
+            ip.owner = Some(key);
+        }
+        self.in_progress.insert(index, ip);
+    }
+
     /// The first piece `key` suggested that we can still start.
     fn take_suggested(&mut self, now: Instant, key: u64) -> Option<u32> {
         let p = self.peers.get_mut(&key)?;
@@ -75,9 +87,23 @@ impl Core {
         seeds: u32,
     ) -> Option<(u32, u32, u32)> {
         let p = self.peers.get(&key)?;
-        let spare = (p.is_rationing(now) && self.unstarted() > 0).then_some(seeds);
+        let turns = p.turns;
+        let seed = p.has_count as usize == self.have.len();
+        let spare =
+            ((p.is_rationing(now) || (turns && seed)) && self.unstarted() > 0).then_some(seeds);
+        let room = self.in_progress.len() + self.verifying.len() < self.cfg.max_pieces_in_progress;
+        // A seeder that takes turns serves the piece it suggested for the turn, no other.
+        let mut found = None;
+        if turns && room {
+            if let Some(index) = self.take_suggested(now, key) {
+                self.start_piece(index, key);
+                found = Some((index, 0));
+            }
+        }
         // 0. Blocks stalled at another peer.
-        let mut found = self.stalled_block(now, key);
+        if found.is_none() {
+            found = self.stalled_block(now, key);
+        }
         // 1. Finish pieces already in progress.
         if found.is_none() {
             let p = self.peers.get(&key)?;
@@ -100,19 +126,10 @@ impl Core {
         // 2. Start a new piece.
         // Pieces waiting to be hashed and written count too: with a disk slower than the
         // network they would pile up in memory otherwise.
-        if found.is_none()
-            && self.in_progress.len() + self.verifying.len() < self.cfg.max_pieces_in_progress
-        {
+        if found.is_none() && room {
             let suggested = self.take_suggested(now, key);
             if let Some(index) = suggested.or_else(|| self.pick_new_piece(now, key, spare)) {
-                if self.availability[index as usize] <= 1 {
-                    self.cursor = (index + 1) % self.have.len() as u32;
-                }
-                let mut ip = self.new_in_progress(index);
-                if self.single_source.contains(&index) {
-                    ip.owner = Some(key);
-                }
-                self.in_progress.insert(index, ip);
+                self.start_piece(index, key);
                 found = Some((index, 0));
             }
         }

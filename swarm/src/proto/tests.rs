@@ -55,7 +55,7 @@ fn msg(c: &mut Core, now: Instant, key: u64, m: Msg) -> Vec<Action> {
         Input::Message {
             key,
             msg: m,
-            upload_queued: 1 << 30,
+            upload_queued: 0,
         },
     )
     .expect("accepted");
@@ -102,38 +102,106 @@ fn a_receiver_asks_only_for_pieces_the_peer_has_rarest_first() {
 }
 
 #[test]
-fn a_seeder_refuses_a_second_copy_and_suggests_an_unsent_piece() {
+fn a_seeder_gives_turns_each_for_a_piece_nobody_was_sent() {
     let t = Instant::now();
     let mut c = core(8, true, true);
     let a = c.connect(t, hello(1), || false).unwrap();
     let b = c.connect(t, hello(2), || false).unwrap();
-    drain(&mut c);
+    let acts = drain(&mut c);
+    assert!(
+        !acts
+            .iter()
+            .any(|x| matches!(x, Action::Send(_, Msg::Unchoke))),
+        "peers wait for a turn: {acts:?}"
+    );
+    let mut suggested = Vec::new();
     for k in [a, b] {
         msg(&mut c, t, k, Msg::HaveNone);
+        let acts = msg(&mut c, t, k, Msg::Interested);
+        let Some(j) = acts.iter().find_map(|x| match x {
+            Action::Send(q, Msg::Suggest(j)) if *q == k => Some(*j),
+            _ => None,
+        }) else {
+            panic!("{acts:?}")
+        };
+        assert!(acts
+            .iter()
+            .any(|x| matches!(x, Action::Send(q, Msg::Unchoke) if *q == k)));
+        suggested.push(j);
     }
-    let r = Req {
-        index: 3,
-        begin: 0,
+    let (ja, jb) = (suggested[0], suggested[1]);
+    assert_ne!(ja, jb);
+    let r = |index, b: u32| Req {
+        index,
+        begin: b * BLOCK_SIZE,
         length: BLOCK_SIZE,
     };
-    let acts = msg(&mut c, t, a, Msg::Request(r));
-    assert!(matches!(acts[..], [Action::Serve(k, q)] if k == a && q == r));
-    let acts = msg(&mut c, t, b, Msg::Request(r));
-    assert!(matches!(acts[0], Action::Send(k, Msg::Reject(q)) if k == b && q == r));
-    let Action::Send(_, Msg::Suggest(j)) = acts[1] else {
-        panic!("{acts:?}")
-    };
-    assert_ne!(j, 3);
-    // The suggested piece is b's: asked for, it is served.
-    let rj = Req { index: j, ..r };
-    let acts = msg(&mut c, t, b, Msg::Request(rj));
-    assert!(matches!(acts[..], [Action::Serve(k, _)] if k == b));
-    // Past the refusal window the asker is served (the holder may not share).
-    let later = t + REJECT_WINDOW + Duration::from_millis(1);
-    msg(&mut c, t + Duration::from_secs(1), b, Msg::Request(r));
-    let acts = msg(&mut c, later, b, Msg::Request(r));
+    let acts = msg(&mut c, t, a, Msg::Request(r(ja, 0)));
+    assert!(
+        matches!(acts[..], [Action::Serve(k, _)] if k == a),
+        "{acts:?}"
+    );
+    // Another peer's piece is refused (its turn is for its own piece).
+    let acts = msg(&mut c, t, b, Msg::Request(r(ja, 0)));
+    assert!(
+        matches!(acts[..], [Action::Send(k, Msg::Reject(_))] if k == b),
+        "{acts:?}"
+    );
+    let acts = msg(&mut c, t, b, Msg::Request(r(jb, 0)));
     assert!(
         matches!(acts[..], [Action::Serve(k, _)] if k == b),
+        "{acts:?}"
+    );
+    // Once every block of its piece is on its way, a's turn ends.
+    let mut acts = Vec::new();
+    for blk in 1..4 {
+        acts.extend(msg(&mut c, t, a, Msg::Request(r(ja, blk))));
+    }
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::Send(k, Msg::Choke) if *k == a)),
+        "{acts:?}"
+    );
+    // Its next turn (nobody else waits) is for another unsent piece, not b's.
+    let acts = msg(&mut c, t, a, Msg::Request(r(jb, 0)));
+    assert!(
+        matches!(acts[..], [Action::Send(k, Msg::Reject(_))] if k == a),
+        "out of turn: {acts:?}"
+    );
+}
+
+#[test]
+fn a_receiver_asks_a_peer_that_gives_turns_for_a_piece_at_once_and_declines_an_idle_turn() {
+    let t = Instant::now();
+    let mut c = core(8, false, false);
+    let a = c.connect(t, hello(1), || false).unwrap();
+    drain(&mut c);
+    let mut bits = vec![false; 8];
+    bits[2] = true;
+    msg(
+        &mut c,
+        t,
+        a,
+        Msg::Bitfield(crate::wire::bitfield_from(&bits)),
+    );
+    msg(&mut c, t, a, Msg::Choke);
+    let reqs = requests(&msg(&mut c, t, a, Msg::Unchoke));
+    assert_eq!(reqs.len(), 4, "the whole piece: {reqs:?}");
+    assert!(reqs.iter().all(|(_, r)| r.index == 2));
+    // A second peer with the same piece, nothing else to ask it: its turn is declined.
+    let b = c.connect(t, hello(2), || false).unwrap();
+    drain(&mut c);
+    msg(
+        &mut c,
+        t,
+        b,
+        Msg::Bitfield(crate::wire::bitfield_from(&bits)),
+    );
+    msg(&mut c, t, b, Msg::Choke);
+    let acts = msg(&mut c, t, b, Msg::Unchoke);
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::Send(k, Msg::NotInterested) if *k == b)),
         "{acts:?}"
     );
 }
