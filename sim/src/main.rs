@@ -59,6 +59,9 @@ struct Cli {
     /// Connections a node opens itself at most.
     #[arg(long, env = "SIM_DIAL_PEERS", default_value_t = 32)]
     dial_peers: usize,
+    /// The tracker lists every live peer and cores know no sites (the old policy).
+    #[arg(long)]
+    no_locality: bool,
     /// Seed of the run's randomness (same seed, same run).
     #[arg(long, env = "SIM_SEED", default_value_t = 1)]
     seed: u64,
@@ -92,6 +95,7 @@ fn go(c: Cli) -> Result<bool> {
         start_spread: Duration::from_millis(c.start_spread_ms),
         max_peers: c.max_peers,
         dial_peers: c.dial_peers,
+        locality: !c.no_locality,
         seed: c.seed,
         ..Params::default()
     };

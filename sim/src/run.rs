@@ -4,6 +4,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
+use blockswarm_swarm::locality::{self, Candidate};
 use blockswarm_swarm::proto::{self, Action, Core, Hello, Input, Verified};
 use blockswarm_swarm::wire::{Msg, Req};
 use librqbit_core::lengths::Lengths;
@@ -163,7 +164,13 @@ pub fn run(p: &Params) -> Result<Report, SimError> {
             compress: false,
             carry_data: false,
         };
-        let core = Core::new(cfg, lengths, vec![seed; n], rng.gen());
+        let mut core = Core::new(cfg, lengths, vec![seed; n], rng.gen());
+        if p.locality && p.switches > 1 {
+            let (q, me) = (p.clone(), p.switch_of(i));
+            core.set_local(Box::new(move |a| {
+                node_of(a).is_some_and(|j| j < q.total_nodes() && q.switch_of(j) == me)
+            }));
+        }
         nodes.push(Node {
             core,
             role,
@@ -300,16 +307,29 @@ impl Sim {
         }
     }
 
-    /// The tracker lists every live started node (as ours does); receivers ask again later.
+    /// The tracker lists the live started nodes (with locality, as `locality::answer`
+    /// picks them: the asker's switch, seeds, a few others); receivers ask again later.
     fn announce(&mut self, i: usize) {
         if !self.nodes[i].alive {
             return;
         }
         if self.nodes[i].role == Role::Receiver {
-            let peers: Vec<_> = (0..self.nodes.len())
+            let live: Vec<Candidate> = (0..self.nodes.len())
                 .filter(|&j| j != i && self.nodes[j].started && self.nodes[j].alive)
-                .map(addr_of)
+                .map(|j| Candidate {
+                    addr: addr_of(j),
+                    seed: self.nodes[j].core.is_complete(),
+                })
                 .collect();
+            let peers = if self.p.locality && self.p.switches > 1 {
+                let site = |a, b| match (node_of(a), node_of(b)) {
+                    (Some(x), Some(y)) => self.p.switch_of(x) == self.p.switch_of(y),
+                    _ => false,
+                };
+                locality::answer(addr_of(i), &live, site, locality::REMOTE_PEERS)
+            } else {
+                live.iter().map(|c| c.addr).collect()
+            };
             self.feed(i, None, Input::PeersLearnt(peers));
             if self.nodes[i].done_at.is_none() {
                 self.at(self.now + ANNOUNCE_EVERY, Ev::Announce(i));

@@ -35,6 +35,9 @@ pub struct Params {
     pub max_peers: usize,
     /// Connections a node opens itself at most (`SwarmOptions::dial_peers`).
     pub dial_peers: usize,
+    /// Site-aware: the tracker answers with `locality::answer` and each core knows which
+    /// peers are behind its switch (off: every live peer, no site information).
+    pub locality: bool,
     /// Receivers start at random times within this.
     pub start_spread: Duration,
     /// Hashing rate, bytes per second (a piece is verified this long after it completes).
@@ -60,6 +63,7 @@ impl Default for Params {
             liars: 0,
             max_peers: 128,
             dial_peers: 32,
+            locality: true,
             start_spread: Duration::from_millis(300),
             hash_rate: 1e9,
             limit_factor: 40.0,

@@ -68,8 +68,10 @@ impl Core {
         let key = self.next_key;
         self.next_key += 1;
         let n = self.have.len();
-        self.peers
-            .insert(key, PeerState::new(addr, peer_id, fast, outgoing, n, now));
+        let mut p = PeerState::new(addr, peer_id, fast, outgoing, n, now);
+        p.local = self.local.as_ref().is_some_and(|f| f(addr));
+        self.peers.insert(key, p);
+        self.rank_on_site();
         // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
         // bitfield otherwise (even an empty one, so the peer knows where we stand).
         let first = if fast && self.is_complete() {
@@ -112,6 +114,9 @@ impl Core {
         for (i, &h) in p.has.iter().enumerate() {
             if h {
                 count_holder(&mut self.availability, &mut self.held, i, false);
+                if p.local {
+                    self.local_avail[i] -= 1;
+                }
             }
         }
         for &(index, begin) in p.inflight.keys() {
@@ -126,6 +131,7 @@ impl Core {
             }
         }
         self.refusing.retain(|(k, _), _| *k != key);
+        self.rank_on_site();
     }
 
     /// Known addresses to dial now: not connected (by the peer id that answered there last

@@ -91,6 +91,9 @@ impl Core {
                             p.useful += 1;
                         }
                         count_holder(&mut self.availability, &mut self.held, i as usize, true);
+                        if p.local {
+                            self.local_avail[i as usize] += 1;
+                        }
                     }
                 }
                 self.update_interest(key);
@@ -204,6 +207,13 @@ impl Core {
         for (i, (&had, &has)) in p.has.iter().zip(&bits).enumerate() {
             if has != had {
                 count_holder(&mut self.availability, &mut self.held, i, has);
+                if p.local {
+                    if has {
+                        self.local_avail[i] += 1;
+                    } else {
+                        self.local_avail[i] -= 1;
+                    }
+                }
             }
             if has && !self.have[i] {
                 useful += 1;

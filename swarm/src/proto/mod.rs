@@ -84,6 +84,9 @@ impl BuildHasher for Seeded {
     }
 }
 
+/// Tells whether a peer's listen address is on our site.
+pub type LocalFn = Box<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
 /// The policy's tunables (see `SwarmOptions` for what each does).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -224,6 +227,14 @@ pub struct Core {
     slot_cursor: u64,
     /// Bytes waiting for our link, as the driver last told us (or as we guess since).
     upload_queued: u64,
+    /// Which peer addresses are on our site (None: no site information).
+    local: Option<LocalFn>,
+    /// Per piece: connected peers on our site that have it.
+    local_avail: Vec<u32>,
+    /// Our place among the connected peers on our site and us, by peer id, and how many
+    /// we are: a piece nobody on the site has is fetched from elsewhere first by the one
+    /// whose turn it is (index modulo the count), so that it crosses the uplink once.
+    site_rank: (u32, u32),
     /// Seeder policy: since when we have been refusing (peer, piece), and when it last asked.
     refusing: Map<(u64, u32), (Instant, Instant)>,
     downloaded: u64,
@@ -284,6 +295,9 @@ impl Core {
             suggest_cursor: ((seed >> 32) % m) as usize,
             slot_cursor: 0,
             upload_queued: 0,
+            local: None,
+            local_avail: vec![0; n],
+            site_rank: (0, 1),
             refusing: Map::with_hasher(hasher),
             downloaded: 0,
             hash_failures: 0,
@@ -351,6 +365,13 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Which peers are on our site (behind our switch): a piece some peer on our site has
+    /// is not asked of a peer elsewhere (outside the end game), so that what crosses the
+    /// switch uplinks is what our site lacks. Call before connecting peers.
+    pub fn set_local(&mut self, local: LocalFn) {
+        self.local = Some(local);
     }
 
     /// The next thing to do, if any (call until None after every input).

@@ -82,6 +82,8 @@ pub(crate) struct PeerState {
     pub(crate) admit: Admission,
     /// The id it wants for `bs_zstd` messages (0: it takes plain blocks only).
     pub(crate) zstd_id: u8,
+    /// It is on our site (behind our switch, see [`Core::set_local`](super::Core::set_local)).
+    pub(crate) local: bool,
     /// It told us it is interested (wants pieces of ours).
     pub(crate) interested: bool,
     /// A seed that chokes us between turns (a blockswarm seeder, see `seed`): asked for a
@@ -131,6 +133,7 @@ impl PeerState {
             outgoing,
             admit: Admission::default(),
             zstd_id: 0,
+            local: false,
             interested: false,
             turns: false,
             choked: false,

@@ -16,10 +16,40 @@ impl Core {
         spare.is_some_and(|seeds| self.availability[i as usize] > seeds)
     }
 
+    /// Asking `key`, a peer off our site (outside the end game), for piece `i` that a peer
+    /// on our site has? Not done: it comes over our site's own links.
+    fn far(&self, key_far: bool, i: u32) -> bool {
+        key_far && self.local_avail[i as usize] > 0
+    }
+
+    /// Recomputes our place among the peers on our site (see `site_rank`).
+    pub(crate) fn rank_on_site(&mut self) {
+        if self.local.is_none() {
+            return;
+        }
+        let mut ids: Vec<[u8; 20]> = self
+            .peers
+            .values()
+            .filter(|p| p.local)
+            .map(|p| p.peer_id)
+            .collect();
+        ids.push(self.cfg.our_id);
+        ids.sort_unstable();
+        ids.dedup();
+        let me = ids.iter().position(|i| *i == self.cfg.our_id).unwrap_or(0);
+        self.site_rank = (me as u32, ids.len() as u32);
+    }
+
     /// Chooses a new piece for `key` to start: rarest first, ties broken by distance from
     /// this node's random start point.
+    /// From a peer off our site (outside the end game), only pieces nobody on our site
+    /// has, and of those only the ones whose turn on our site is ours (see `site_rank`):
+    /// the others come from the site-mate whose turn they are, over the site's own links.
     pub(crate) fn pick_new_piece(&self, now: Instant, key: u64, spare: Option<u32>) -> Option<u32> {
         let p = self.peers.get(&key)?;
+        let far = self.local.is_some() && !p.local && self.unstarted() > 0;
+        let (rank, count) = self.site_rank;
+        let others = far && count > 1;
         let n = self.have.len() as u32;
         let mut best: Option<(u32, u32)> = None;
         for k in 0..n {
@@ -31,6 +61,8 @@ impl Core {
                 || self.verifying.contains_key(&i)
                 || p.refused(i, now)
                 || self.spared(spare, i)
+                || self.far(far, i)
+                || (others && i % count != rank)
             {
                 continue;
             }
@@ -107,11 +139,13 @@ impl Core {
         // 1. Finish pieces already in progress.
         if found.is_none() {
             let p = self.peers.get(&key)?;
+            let far = self.local.is_some() && !p.local && self.unstarted() > 0;
             for (&index, ip) in self.in_progress.iter() {
                 if !p.has[index as usize]
                     || p.refused(index, now)
                     || !ip.open_to(key)
                     || self.spared(spare, index)
+                    || self.far(far, index)
                 {
                     continue;
                 }
