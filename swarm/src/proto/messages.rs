@@ -55,6 +55,10 @@ impl Core {
                 // to anyone yet: asked for next, it will not be refused.
                 let we_need = i < n && !self.have[i as usize];
                 if let Some(p) = self.peers.get_mut(&key) {
+                    // Only a rationing seeder suggests: it refuses second copies.
+                    if p.has_count == n {
+                        p.rationing = Some(now);
+                    }
                     if we_need && p.has[i as usize] && p.suggested.len() < MAX_SUGGESTED {
                         p.suggested.push_back(i);
                     }
@@ -83,7 +87,10 @@ impl Core {
                     return Err(SwarmError::Protocol(format!("HAVE {i} beyond {n} pieces")));
                 }
                 let we_have = self.have[i as usize];
+                let fresh = !self.is_busy_or_have(i);
                 if let Some(p) = self.peers.get_mut(&key) {
+                    // A piece we could ask it for: a turn we declined is welcome again.
+                    p.declined &= !fresh;
                     if !p.has[i as usize] {
                         p.has[i as usize] = true;
                         p.has_count += 1;
@@ -93,6 +100,8 @@ impl Core {
                         count_holder(&mut self.availability, &mut self.held, i as usize, true);
                         if p.local {
                             self.local_avail[i as usize] += 1;
+                        } else {
+                            self.far_since[i as usize].get_or_insert(now);
                         }
                     }
                 }
@@ -213,6 +222,8 @@ impl Core {
                     } else {
                         self.local_avail[i] -= 1;
                     }
+                } else if has {
+                    self.far_since[i].get_or_insert(now);
                 }
             }
             if has && !self.have[i] {
@@ -229,7 +240,7 @@ impl Core {
 
     pub(crate) fn update_interest(&mut self, key: u64) {
         if let Some(p) = self.peers.get_mut(&key) {
-            let want = p.useful > 0;
+            let want = p.useful > 0 && !p.declined;
             if want != p.am_interested {
                 p.am_interested = want;
                 let m = if want {

@@ -63,6 +63,8 @@ pub const INITIAL_PIPELINE_BLOCKS: usize = 16;
 pub const MAX_SUGGESTED: usize = 64;
 /// How often the core wants a [`Input::Tick`].
 pub const TICK: Duration = Duration::from_millis(500);
+/// How long a piece that a peer off our site has is left to the site-mate whose turn it is.
+pub const SITE_DEFER: Duration = Duration::from_secs(1);
 /// A known address is dialed again at most this often.
 pub const REDIAL_AFTER: Duration = Duration::from_secs(3);
 
@@ -225,16 +227,25 @@ pub struct Core {
     suggest_cursor: usize,
     /// Seeder policy: the peer last given a turn (round robin).
     slot_cursor: u64,
-    /// Bytes waiting for our link, as the driver last told us (or as we guess since).
+    /// Bytes waiting for our link, as the driver last told us (or as we guess since), and
+    /// whether it told us since the last tick (if not, the guess is dropped: the link had
+    /// a tick's time to drain, and a quiet swarm must not wait for a message to start a
+    /// turn).
     upload_queued: u64,
+    queued_told: bool,
     /// Which peer addresses are on our site (None: no site information).
     local: Option<LocalFn>,
-    /// Per piece: connected peers on our site that have it.
+    /// Per piece: connected peers on our site that have it; of those, rationing seeds
+    /// (refused us a piece as a seed once).
     local_avail: Vec<u32>,
+    local_seeds: u32,
     /// Our place among the connected peers on our site and us, by peer id, and how many
     /// we are: a piece nobody on the site has is fetched from elsewhere first by the one
     /// whose turn it is (index modulo the count), so that it crosses the uplink once.
     site_rank: (u32, u32),
+    /// Per piece: since when a peer off our site has it. Past [`SITE_DEFER`] any of us may
+    /// fetch it from there (the site-mate whose turn it is may have no way to it).
+    far_since: Vec<Option<Instant>>,
     /// Seeder policy: since when we have been refusing (peer, piece), and when it last asked.
     refusing: Map<(u64, u32), (Instant, Instant)>,
     downloaded: u64,
@@ -295,9 +306,12 @@ impl Core {
             suggest_cursor: ((seed >> 32) % m) as usize,
             slot_cursor: 0,
             upload_queued: 0,
+            queued_told: false,
             local: None,
             local_avail: vec![0; n],
+            local_seeds: 0,
             site_rank: (0, 1),
+            far_since: vec![None; n],
             refusing: Map::with_hasher(hasher),
             downloaded: 0,
             hash_failures: 0,
@@ -318,6 +332,7 @@ impl Core {
                 upload_queued,
             } => {
                 self.upload_queued = upload_queued;
+                self.queued_told = true;
                 let r = self.on_message(now, key, msg, upload_queued);
                 self.fill_slots(now);
                 return r;

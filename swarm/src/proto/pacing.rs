@@ -58,6 +58,7 @@ impl Core {
         if let Some(p) = self.peers.get_mut(&key) {
             if p.turns && !p.choked_us && p.inflight.is_empty() && p.am_interested {
                 p.am_interested = false;
+                p.declined = true;
                 self.out.push_back(Action::Send(key, Msg::NotInterested));
             }
         }
@@ -67,6 +68,9 @@ impl Core {
     /// ones released, every peer's pipeline topped up, known addresses redialed.
     pub(crate) fn on_tick(&mut self, now: Instant, uploaded: u64) {
         self.next_tick = Some(now + TICK);
+        if !std::mem::take(&mut self.queued_told) {
+            self.upload_queued = 0;
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             self.debug_tick(uploaded);
         }
@@ -97,14 +101,13 @@ impl Core {
                 self.release_block(*k, i, b);
             }
         }
-        let n = self.have.len() as u32;
         for k in &keys {
-            // A seed's turn we declined: interested again (pieces we were fetching
-            // elsewhere may have failed or stalled meanwhile; a seed sends no HAVE that
-            // would tell us to).
-            if self.peers.get(k).is_some_and(|p| p.has_count == n) {
-                self.update_interest(*k);
+            // A turn we declined: interested again (pieces we were fetching elsewhere may
+            // have failed or stalled meanwhile; a seed sends no HAVE that would tell us).
+            if let Some(p) = self.peers.get_mut(k) {
+                p.declined = false;
             }
+            self.update_interest(*k);
             self.fill_requests(now, *k);
         }
         self.expire_slots(now);

@@ -84,6 +84,9 @@ pub(crate) struct PeerState {
     pub(crate) zstd_id: u8,
     /// It is on our site (behind our switch, see [`Core::set_local`](super::Core::set_local)).
     pub(crate) local: bool,
+    /// We declined its last turn (nothing to ask it for): not interested until it has a
+    /// piece we could ask for, or the next tick.
+    pub(crate) declined: bool,
     /// It told us it is interested (wants pieces of ours).
     pub(crate) interested: bool,
     /// A seed that chokes us between turns (a blockswarm seeder, see `seed`): asked for a
@@ -134,6 +137,7 @@ impl PeerState {
             admit: Admission::default(),
             zstd_id: 0,
             local: false,
+            declined: false,
             interested: false,
             turns: false,
             choked: false,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::wire::BLOCK_SIZE;
 
 use super::pieces::Block;
-use super::Core;
+use super::{Core, SITE_DEFER};
 
 impl Core {
     /// With `spare = Some(seeds)` (asking a rationing seed), is piece `i` held by some peer
@@ -18,8 +18,14 @@ impl Core {
 
     /// Asking `key`, a peer off our site (outside the end game), for piece `i` that a peer
     /// on our site has? Not done: it comes over our site's own links.
+    /// Site-mates that are rationing seeds are not counted: they refuse second copies.
     fn far(&self, key_far: bool, i: u32) -> bool {
-        key_far && self.local_avail[i as usize] > 0
+        key_far && self.local_avail[i as usize] > self.local_seeds
+    }
+
+    /// Has a peer off our site had piece `i` for [`SITE_DEFER`] already?
+    fn deferred_long(&self, now: Instant, i: u32) -> bool {
+        self.far_since[i as usize].is_some_and(|t| now.saturating_duration_since(t) >= SITE_DEFER)
     }
 
     /// Recomputes our place among the peers on our site (see `site_rank`).
@@ -62,7 +68,7 @@ impl Core {
                 || p.refused(i, now)
                 || self.spared(spare, i)
                 || self.far(far, i)
-                || (others && i % count != rank)
+                || (others && i % count != rank && !self.deferred_long(now, i))
             {
                 continue;
             }
@@ -118,6 +124,14 @@ impl Core {
         key: u64,
         seeds: u32,
     ) -> Option<(u32, u32, u32)> {
+        if self.local.is_some() {
+            let n = self.have.len() as u32;
+            self.local_seeds = self
+                .peers
+                .values()
+                .filter(|p| p.local && p.has_count == n && p.rationing.is_some())
+                .count() as u32;
+        }
         let p = self.peers.get(&key)?;
         let turns = p.turns;
         let seed = p.has_count as usize == self.have.len();
