@@ -59,9 +59,10 @@ struct Cli {
     /// Connections a node opens itself at most.
     #[arg(long, env = "SIM_DIAL_PEERS", default_value_t = 32)]
     dial_peers: usize,
-    /// The tracker lists every live peer and cores know no sites (the old policy).
+    /// Site-aware tracker answers and cores (`swarm::locality`, `Core::set_local`);
+    /// experimental: receivers on 10x slower links get stuck with it.
     #[arg(long)]
-    no_locality: bool,
+    locality: bool,
     /// Seed of the run's randomness (same seed, same run).
     #[arg(long, env = "SIM_SEED", default_value_t = 1)]
     seed: u64,
@@ -95,7 +96,7 @@ fn go(c: Cli) -> Result<bool> {
         start_spread: Duration::from_millis(c.start_spread_ms),
         max_peers: c.max_peers,
         dial_peers: c.dial_peers,
-        locality: !c.no_locality,
+        locality: c.locality,
         seed: c.seed,
         ..Params::default()
     };

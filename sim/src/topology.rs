@@ -36,7 +36,8 @@ pub struct Params {
     /// Connections a node opens itself at most (`SwarmOptions::dial_peers`).
     pub dial_peers: usize,
     /// Site-aware: the tracker answers with `locality::answer` and each core knows which
-    /// peers are behind its switch (off: every live peer, no site information).
+    /// peers are behind its switch (off: every live peer, no site information). Off by
+    /// default: experimental (with --slow 10 on 25 switches, 44 of 100 receivers stuck).
     pub locality: bool,
     /// Receivers start at random times within this.
     pub start_spread: Duration,
@@ -63,7 +64,7 @@ impl Default for Params {
             liars: 0,
             max_peers: 128,
             dial_peers: 32,
-            locality: true,
+            locality: false,
             start_spread: Duration::from_millis(300),
             hash_rate: 1e9,
             limit_factor: 40.0,
