@@ -83,6 +83,9 @@ transfer() {
         [ $SECONDS -lt $deadline ] || { echo "datapath: seeder did not start" >&2; cat "$W/seeder.log" >&2; exit 1; }
         sleep 0.05
     done
+    # Emptied here, not by the receiver's redirection: the wait below must not see the
+    # last run's 'complete' line before the new receiver has truncated the file.
+    : >"$W/receiver.log"
     t0=$(now)
     # shellcheck disable=SC2086
     "$BIN/receiver" --manifest "http://127.0.0.1:$((PORT + 1))/t/$TOKEN/$name.torrent" --target "$tgt" \
