@@ -289,24 +289,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next message if it is already read in whole (no I/O): lets a reader hand
-    /// several messages on at once.
-    pub fn next_buffered(&mut self) -> Option<Result<Msg, WireError>> {
-        if self.buf.len() < 4 {
-            return None;
-        }
-        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-        if len > self.max_frame {
-            return Some(Err(WireError::TooLong(len)));
-        }
-        if self.buf.len() < 4 + len {
-            return None;
-        }
-        let msg = decode_frame(&self.buf[..4 + len]);
-        self.buf.advance(4 + len);
-        Some(msg)
-    }
-
     /// The next message; `Ok(None)` on a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Msg>, WireError> {
         loop {
@@ -473,20 +455,5 @@ mod tests {
         let huge = 1_000_000u32.to_be_bytes();
         let mut fr = FrameReader::new(&huge[..], 1024);
         assert!(matches!(fr.next().await, Err(WireError::TooLong(_))));
-    }
-
-    #[tokio::test]
-    async fn frames_already_read_are_handed_out_without_io_and_a_partial_one_waits() {
-        let mut bytes = Vec::new();
-        encode(&Msg::Have(1), &mut bytes);
-        encode(&Msg::Have(2), &mut bytes);
-        encode(&Msg::Have(3), &mut bytes);
-        let cut = bytes.len() - 2; // the third frame is not all there yet
-        let mut fr = FrameReader::new(&bytes[..cut], 1024);
-        assert_eq!(fr.next_buffered().map(|r| r.unwrap()), None); // nothing read yet
-        assert_eq!(fr.next().await.unwrap(), Some(Msg::Have(1)));
-        assert_eq!(fr.next_buffered().map(|r| r.unwrap()), Some(Msg::Have(2)));
-        assert_eq!(fr.next_buffered().map(|r| r.unwrap()), None);
-        assert!(fr.next().await.is_err()); // the stream ends inside the third
     }
 }

@@ -3,9 +3,9 @@
 //! public API send [`Event`]s, and read what the actor publishes ([`View`]). There is no
 //! lock around the policy.
 //!
-//! Two inboxes. Readers' events (messages and blocks, several read in a row as one event; a
-//! connection's end) come through a bounded channel ([`PEER_INBOX`]): a reader waits when it
-//! is full, so a fast peer is held back by TCP, not by our memory. Everything else (connections registering, verify results, dials
+//! Two inboxes. Readers' events (messages, blocks, a connection's end) come through a bounded
+//! channel ([`PEER_INBOX`]): a reader waits when it is full, so a fast peer is held back by
+//! TCP, not by our memory. Everything else (connections registering, verify results, dials
 //! ended, the writers' read plans, queries) comes through an unbounded one whose length is
 //! bounded by construction (each sender is a task of ours with at most one event in flight,
 //! or a caller of the API waiting for the answer), and is taken first.
@@ -25,12 +25,8 @@ use crate::wire::Msg;
 use crate::zblock::ZStats;
 use crate::SwarmError;
 
-/// Readers' events waiting for the actor, at most (each at most `conn::READ_BATCH` blocks:
-/// 8 MiB).
-pub(super) const PEER_INBOX: usize = 32;
-
-/// Events handled in a row before the timer is looked at again.
-const BATCH: usize = 64;
+/// Readers' events waiting for the actor, at most (a block each at most: 4 MiB).
+pub(super) const PEER_INBOX: usize = 256;
 
 /// The published view is refreshed at most this often (and at once when the node completes,
 /// fails or finds a corrupt piece).
@@ -40,8 +36,6 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 pub(super) enum Event {
     /// An input for the core (`Disconnected` also drops the connection's link).
     Input(Input),
-    /// Inputs a connection's reader had read in a row.
-    Inputs(Vec<Input>),
     /// A handshaken connection asks for a key.
     Connect {
         hello: Hello,
@@ -146,15 +140,7 @@ impl Actor {
                     Some(e) => self.on_event(e),
                     None => return,
                 },
-                _ = tokio::time::sleep_until(wake.into()) => continue,
-            }
-            // What else is waiting, without a timer per event (the tick is checked again
-            // after at most BATCH events).
-            for _ in 1..BATCH {
-                match ctl.try_recv().or_else(|_| peers.try_recv()) {
-                    Ok(e) => self.on_event(e),
-                    Err(_) => break,
-                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     }
@@ -162,7 +148,6 @@ impl Actor {
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Input(input) => self.on_input(input),
-            Event::Inputs(inputs) => inputs.into_iter().for_each(|i| self.on_input(i)),
             Event::Connect { hello, link, reply } => {
                 let limiter = &self.swarm.shared.limiter;
                 let r = self
@@ -324,11 +309,6 @@ impl Swarm {
     /// A reader's input: waits while the actor's peer inbox is full.
     pub(super) async fn peer_input(&self, input: Input) {
         let _ = self.shared.peers.send(Event::Input(input)).await;
-    }
-
-    /// A reader's inputs read in a row, as one event.
-    pub(super) async fn peer_inputs(&self, inputs: Vec<Input>) {
-        let _ = self.shared.peers.send(Event::Inputs(inputs)).await;
     }
 
     /// Runs `f` on the actor's state, without waiting for it.

@@ -13,9 +13,6 @@ use tracing::{debug, warn};
 
 use super::serve::WriterEnds;
 use super::{Link, Swarm, TURN_LOWAT};
-
-/// Messages a reader hands to the actor in one event, at most (16 blocks: 256 KiB).
-const READ_BATCH: usize = 16;
 use crate::backlog::Backlog;
 use crate::conn_limit;
 use crate::proto::{self, Hello, Input};
@@ -142,33 +139,23 @@ impl Swarm {
                         Ok(Err(e)) => break Err(e.into()),
                         Ok(Ok(None)) => break Ok(()),
                         Ok(Ok(Some(msg))) => {
-                            // This message and those already read behind it go to the
-                            // actor as one event (one wake-up, not one per block).
-                            let mut batch = Vec::with_capacity(4);
-                            let mut next: Option<Result<Msg, wire::WireError>> = Some(Ok(msg));
-                            let mut end = None;
-                            while let Some(m) = next.take() {
-                                let msg = match m {
-                                    Ok(msg) => msg,
-                                    Err(e) => {
-                                        end = Some(Err(e.into()));
-                                        break;
-                                    }
-                                };
-                                let input = self.input_of(key, addr, msg, &slot);
-                                let bad = matches!(input, Input::BadZBlock { .. });
-                                batch.push(input);
-                                if bad {
-                                    end = Some(Err(SwarmError::Banned));
-                                    break;
-                                }
-                                if batch.len() < READ_BATCH {
-                                    next = frames.next_buffered();
-                                }
+                            let zpiece = self.shared.opts.compress
+                                && matches!(msg, Msg::Extended { id, .. } if id == zblock::OUR_ID);
+                            if conn_limit::useful(&msg) || zpiece {
+                                slot.iter().for_each(|s| s.touch());
                             }
-                            self.peer_inputs(batch).await;
-                            if let Some(e) = end {
-                                break e;
+                            let input = match msg {
+                                Msg::Extended { payload, .. } if zpiece => self.zpiece(key, addr, &payload),
+                                msg => Input::Message {
+                                    key,
+                                    msg,
+                                    upload_queued: self.shared.queued.load(Ordering::Relaxed),
+                                },
+                            };
+                            let bad = matches!(input, Input::BadZBlock { .. });
+                            self.peer_input(input).await;
+                            if bad {
+                                break Err(SwarmError::Banned);
                             }
                         }
                     }
@@ -178,29 +165,5 @@ impl Swarm {
         self.peer_input(Input::Disconnected { key }).await;
         writer.abort();
         result
-    }
-
-    /// What a message from `key` is for the core (a `bs_zstd` block decoded here); a useful
-    /// one keeps the connection from being evicted as idle.
-    fn input_of(
-        &self,
-        key: u64,
-        addr: SocketAddr,
-        msg: Msg,
-        slot: &Option<conn_limit::Slot>,
-    ) -> Input {
-        let zpiece = self.shared.opts.compress
-            && matches!(msg, Msg::Extended { id, .. } if id == zblock::OUR_ID);
-        if conn_limit::useful(&msg) || zpiece {
-            slot.iter().for_each(|s| s.touch());
-        }
-        match msg {
-            Msg::Extended { payload, .. } if zpiece => self.zpiece(key, addr, &payload),
-            msg => Input::Message {
-                key,
-                msg,
-                upload_queued: self.shared.queued.load(Ordering::Relaxed),
-            },
-        }
     }
 }
