@@ -318,6 +318,7 @@ async fn start_swarm(
         gate: Some(gate.clone()),
         max_pieces_in_progress: ((64u64 << 20) / m.piece_length as u64).clamp(4, 64) as usize,
         compress: s.compress,
+        site_prefix: s.site_prefix,
         ..Default::default()
     };
     let swarm = Swarm::start(

@@ -108,6 +108,13 @@ pub struct Cli {
     #[arg(long, env = "RECEIVER_NO_COMPRESS")]
     pub no_compress: bool,
 
+    /// Peers whose IPv4 addresses share this many leading bits with ours are behind our
+    /// switch (the room's subnet): others are asked only for pieces no peer of our room
+    /// has. 0: every peer counts as ours.
+    #[arg(long, env = "RECEIVER_SITE_PREFIX", default_value_t = blockswarm_swarm::locality::DEFAULT_SITE_PREFIX,
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub site_prefix: u8,
+
     /// Announce to this tracker instead of the manifest's.
     #[arg(long, env = "RECEIVER_TRACKER")]
     pub tracker: Option<String>,
@@ -193,6 +200,8 @@ pub struct Settings {
     pub resume: bool,
     /// Compressed blocks with blockswarm peers (`bs_zstd`).
     pub compress: bool,
+    /// See the flag.
+    pub site_prefix: u8,
     pub tracker: Option<String>,
     pub peers: Vec<SocketAddr>,
     pub retry_for: Duration,
@@ -300,6 +309,7 @@ impl Settings {
             verify: cli.verify || f_verify.unwrap_or(false),
             resume: !cli.no_resume && f_resume.unwrap_or(true),
             compress: !cli.no_compress && f_compress.unwrap_or(true),
+            site_prefix: cli.site_prefix,
             tracker: cli.tracker.clone().or(file.tracker),
             peers: if cli.peers.is_empty() {
                 file.peers

@@ -65,6 +65,15 @@ pub struct Cli {
     #[arg(long, env = "SEEDER_NO_COMPRESS")]
     pub no_compress: bool,
 
+    /// Receivers whose IPv4 addresses share this many leading bits are behind one switch (a
+    /// room's subnet): the tracker lists each receiver its own room's peers, the seeder and
+    /// 4 others, and receivers fetch from other rooms only what their room lacks, so a
+    /// room's uplink carries a few copies, not one per machine. 0: one room (everyone
+    /// listed).
+    #[arg(long, env = "SEEDER_SITE_PREFIX", default_value_t = blockswarm_swarm::locality::DEFAULT_SITE_PREFIX,
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub site_prefix: u8,
+
     /// Tracker announce interval in seconds given to receivers.
     #[arg(long, env = "SEEDER_ANNOUNCE_INTERVAL", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=MAX_ANNOUNCE_INTERVAL_S))]

@@ -272,10 +272,10 @@ async fn serve(
         .tracker
         .clone()
         .unwrap_or_else(|| access::announce_url(&base, &token));
-    let tracker = Arc::new(TrackerServer::new(
-        info_hash,
-        Duration::from_secs(cli.announce_interval),
-    ));
+    let tracker = Arc::new(
+        TrackerServer::new(info_hash, Duration::from_secs(cli.announce_interval))
+            .with_site_prefix(cli.site_prefix),
+    );
     let gate = access::bt_gate(&allow, cli.tracker.is_some(), &tracker);
 
     let mut served = m.clone();
@@ -292,6 +292,7 @@ async fn serve(
         zstd_cache_bytes: 256 << 20,
         bind_ip: (!bt_addr.ip().is_unspecified()).then_some(bt_addr.ip()),
         gate: Some(Arc::new(gate)),
+        site_prefix: cli.site_prefix,
         ..Default::default()
     };
     let info = TorrentInfo {

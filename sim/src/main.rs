@@ -59,6 +59,14 @@ struct Cli {
     /// Connections a node opens itself at most.
     #[arg(long, env = "SIM_DIAL_PEERS", default_value_t = 32)]
     dial_peers: usize,
+    /// Sites off: the tracker lists every live peer and every peer counts as local (as
+    /// `--site-prefix 0` does for the seeder and receivers). On (the default, as theirs): a
+    /// node's switch is its site (see `swarm::locality`).
+    #[arg(long, env = "SIM_NO_LOCALITY")]
+    no_locality: bool,
+    /// Peers behind other switches the tracker lists (`locality::REMOTE_PEERS`).
+    #[arg(long, env = "SIM_REMOTE_PEERS", default_value_t = blockswarm_swarm::locality::REMOTE_PEERS)]
+    remote_peers: usize,
     /// Seed of the run's randomness (same seed, same run).
     #[arg(long, env = "SIM_SEED", default_value_t = 1)]
     seed: u64,
@@ -92,6 +100,8 @@ fn go(c: Cli) -> Result<bool> {
         start_spread: Duration::from_millis(c.start_spread_ms),
         max_peers: c.max_peers,
         dial_peers: c.dial_peers,
+        locality: !c.no_locality,
+        remote_peers: c.remote_peers,
         seed: c.seed,
         ..Params::default()
     };

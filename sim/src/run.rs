@@ -4,6 +4,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
+use blockswarm_swarm::locality::{self, Candidate};
 use blockswarm_swarm::proto::{self, Action, Core, Hello, Input, Verified};
 use blockswarm_swarm::wire::{Msg, Req};
 use librqbit_core::lengths::Lengths;
@@ -300,16 +301,29 @@ impl Sim {
         }
     }
 
-    /// The tracker lists every live started node (as ours does); receivers ask again later.
+    /// The tracker lists the live started nodes (with `--locality`, as `locality::answer`
+    /// picks them: the asker's switch, seeds, a few others); receivers ask again later.
     fn announce(&mut self, i: usize) {
         if !self.nodes[i].alive {
             return;
         }
         if self.nodes[i].role == Role::Receiver {
-            let peers: Vec<_> = (0..self.nodes.len())
+            let live: Vec<Candidate> = (0..self.nodes.len())
                 .filter(|&j| j != i && self.nodes[j].started && self.nodes[j].alive)
-                .map(addr_of)
+                .map(|j| Candidate {
+                    addr: addr_of(j),
+                    seeder: self.nodes[j].role == Role::Seeder,
+                })
                 .collect();
+            let peers = if self.p.locality {
+                let site = |a, b| match (node_of(a), node_of(b)) {
+                    (Some(x), Some(y)) => self.p.switch_of(x) == self.p.switch_of(y),
+                    _ => false,
+                };
+                locality::answer(addr_of(i), &live, site, self.p.remote_peers)
+            } else {
+                live.iter().map(|c| c.addr).collect()
+            };
             self.feed(i, None, Input::PeersLearnt(peers));
             if self.nodes[i].done_at.is_none() {
                 self.at(self.now + ANNOUNCE_EVERY, Ev::Announce(i));
@@ -384,12 +398,14 @@ impl Sim {
             self.feed(from, None, Input::DialEnded(addr));
             return;
         }
+        let local = !self.p.locality || self.p.switch_of(from) == self.p.switch_of(to);
         let hello = |node: usize, outgoing: bool| Hello {
             addr: addr_of(node),
             peer_id: peer_id(node),
             fast: true,
             extended: false,
             outgoing,
+            local,
         };
         let Ok(kt) = self.nodes[to]
             .core

@@ -35,6 +35,12 @@ pub struct Params {
     pub max_peers: usize,
     /// Connections a node opens itself at most (`SwarmOptions::dial_peers`).
     pub dial_peers: usize,
+    /// Each switch is a site (`swarm::locality`, on by default as in the seeder and
+    /// receiver): the tracker lists the asker's switch, every seeder and `remote_peers`
+    /// others, and a node asks peers behind other switches only for pieces no peer behind
+    /// its own has. Off: every live peer is listed and counts as local.
+    pub locality: bool,
+    pub remote_peers: usize,
     /// Receivers start at random times within this.
     pub start_spread: Duration,
     /// Hashing rate, bytes per second (a piece is verified this long after it completes).
@@ -60,6 +66,8 @@ impl Default for Params {
             liars: 0,
             max_peers: 128,
             dial_peers: 32,
+            locality: true,
+            remote_peers: blockswarm_swarm::locality::REMOTE_PEERS,
             start_spread: Duration::from_millis(300),
             hash_rate: 1e9,
             limit_factor: 40.0,

@@ -94,6 +94,10 @@ pub struct SwarmOptions {
     pub compress: bool,
     /// Bytes of compressed blocks kept for serving again (see `zblock::FormCache`).
     pub zstd_cache_bytes: usize,
+    /// Peers whose IPv4 address shares this many leading bits with ours sit behind the
+    /// same switch (a room's subnet; `locality::same_site`); others are asked only for
+    /// pieces no local peer has. 0: every peer is local.
+    pub site_prefix: u8,
 }
 
 impl Default for SwarmOptions {
@@ -112,6 +116,7 @@ impl Default for SwarmOptions {
             gate: None,
             compress: true,
             zstd_cache_bytes: 64 << 20,
+            site_prefix: crate::locality::DEFAULT_SITE_PREFIX,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod failure_report;
 pub mod gate;
 pub mod http;
+pub mod locality;
 pub mod machine_report;
 pub mod proto;
 pub mod servable;

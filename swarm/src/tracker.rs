@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::failure_report::{FailureLog, FailureReport, LoggedFailure};
 use crate::http::{Request, Response};
+use crate::locality::{self, Candidate};
 
 mod client;
 
@@ -45,6 +46,9 @@ pub struct TrackedPeer {
     pub seconds_to_complete: Option<f64>,
     /// What it reported with its last `event=stopped` when it failed.
     pub failure: Option<FailureReport>,
+    /// Registered with [`TrackerServer::add_static`] (the seeder): listed to everyone.
+    #[serde(skip)]
+    pub seeder: bool,
 }
 
 /// The seeder's embedded tracker for one torrent.
@@ -54,6 +58,7 @@ pub struct TrackerServer {
     peers: Mutex<HashMap<[u8; 20], TrackedPeer>>,
     failures: Mutex<FailureLog>,
     done: AtomicBool,
+    site_prefix: u8,
 }
 
 #[derive(Serialize)]
@@ -92,7 +97,15 @@ impl TrackerServer {
             peers: Mutex::new(HashMap::new()),
             failures: Mutex::new(FailureLog::default()),
             done: AtomicBool::new(false),
+            site_prefix: crate::locality::DEFAULT_SITE_PREFIX,
         }
+    }
+
+    /// Answers list the asker's site (addresses sharing `bits` leading bits with it), every
+    /// seeder and [`locality::REMOTE_PEERS`] others (see `locality`); 0: every live peer.
+    pub fn with_site_prefix(mut self, bits: u8) -> Self {
+        self.site_prefix = bits;
+        self
     }
 
     /// Registers a peer that never announces (the seeder itself).
@@ -111,6 +124,7 @@ impl TrackerServer {
                 first_seen: now,
                 seconds_to_complete: None,
                 failure: None,
+                seeder: true,
             },
         );
     }
@@ -222,6 +236,7 @@ impl TrackerServer {
                         first_seen: now,
                         seconds_to_complete: None,
                         failure: None,
+                        seeder: false,
                     },
                 );
             }
@@ -261,6 +276,7 @@ impl TrackerServer {
                 first_seen: now,
                 seconds_to_complete: None,
                 failure: None,
+                seeder: false,
             });
             e.gone = false;
             e.addr = addr;
@@ -273,23 +289,31 @@ impl TrackerServer {
                 e.seconds_to_complete = Some(now.duration_since(e.first_seen).as_secs_f64());
             }
         }
-        let mut compact = Vec::new();
         let (mut complete, mut incomplete) = (0, 0);
+        let mut live = Vec::new();
         for (id, p) in peers.iter().filter(|(_, p)| !p.gone) {
             if p.completed {
                 complete += 1;
             } else {
                 incomplete += 1;
             }
-            if *id == pid {
-                continue;
+            if *id != pid && p.addr.is_ipv4() {
+                live.push(Candidate {
+                    addr: p.addr,
+                    seeder: p.seeder,
+                });
             }
-            if let SocketAddr::V4(a) = p.addr {
+        }
+        drop(peers);
+        let bits = self.site_prefix;
+        let site = |a: SocketAddr, b: SocketAddr| locality::same_site(a.ip(), b.ip(), bits);
+        let mut compact = Vec::new();
+        for a in locality::answer(addr, &live, site, locality::REMOTE_PEERS) {
+            if let SocketAddr::V4(a) = a {
                 compact.extend_from_slice(&a.ip().octets());
                 compact.extend_from_slice(&a.port().to_be_bytes());
             }
         }
-        drop(peers);
         Response::ok(
             "text/plain",
             bencode(&ReplyOut {
@@ -362,6 +386,49 @@ mod tests {
             announce(&a, None).await,
             Err(SwarmError::Tracker(_))
         ));
+    }
+
+    #[test]
+    fn answers_list_the_askers_room_the_seeder_and_a_few_others() {
+        let ih = [7u8; 20];
+        let announce = |t: &TrackerServer, room: u8, j: u8| {
+            let r = Request::get(
+                "/announce",
+                vec![
+                    ("info_hash".into(), ih.to_vec()),
+                    (
+                        "peer_id".into(),
+                        vec![
+                            room, j, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                        ],
+                    ),
+                    ("port".into(), b"6881".to_vec()),
+                    ("left".into(), b"100".to_vec()),
+                ],
+                format!("10.0.{room}.{j}:40000").parse().unwrap(),
+            );
+            parse_reply(&t.announce(&r).body).unwrap().peers
+        };
+        for (bits, want) in [(24, 11 + 1 + locality::REMOTE_PEERS), (0, 3 * 12 - 1 + 1)] {
+            let t = TrackerServer::new(ih, Duration::from_secs(5)).with_site_prefix(bits);
+            t.add_static([9u8; 20], "10.0.9.1:7000".parse().unwrap(), true);
+            for room in 0..3 {
+                for j in 1..=12 {
+                    announce(&t, room, j);
+                }
+            }
+            let got = announce(&t, 0, 1);
+            assert_eq!(got.len(), want, "prefix {bits}: {got:?}");
+            assert!(
+                got.contains(&"10.0.9.1:7000".parse().unwrap()),
+                "the seeder"
+            );
+            let own = got
+                .iter()
+                .filter(|a| a.ip().to_string().starts_with("10.0.0."))
+                .count();
+            assert_eq!(own, 11, "the whole room but the asker");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::serve::WriterEnds;
 use super::{Link, Swarm, TURN_LOWAT};
 use crate::backlog::Backlog;
 use crate::conn_limit;
+use crate::locality;
 use crate::proto::{self, Hello, Input};
 use crate::wire::{self, FrameReader, Msg, MAX_REQUEST};
 use crate::zblock;
@@ -77,6 +78,9 @@ impl Swarm {
         slot: Option<conn_limit::Slot>,
     ) -> Result<(), SwarmError> {
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map_or(true, |ours| {
+            locality::same_site(ours.ip(), addr.ip(), self.shared.opts.site_prefix)
+        });
         if self.shared.opts.prefer_unsent {
             // A write returns once the data is nearly all handed to the network, so that
             // the start-up turns in `writer` really take turns on the wire.
@@ -123,6 +127,7 @@ impl Swarm {
             fast: hs.fast,
             extended: hs.extended,
             outgoing,
+            local,
         };
         let key = self.register(hello, link).await?;
         debug!(peer = %addr, client = %proto::client_name(&hs.peer_id), fast = hs.fast, extended = hs.extended, "peer connected");

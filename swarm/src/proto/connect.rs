@@ -24,6 +24,11 @@ pub struct Hello {
     pub extended: bool,
     /// We dialed it.
     pub outgoing: bool,
+    /// Behind our own switch (the driver's site rule, see `locality`). A peer that is not
+    /// is asked only for pieces no connected local peer has (outside stalls and the end
+    /// game): what a site lacks crosses its uplink once, not once per machine. True for
+    /// every peer when no site rule is set.
+    pub local: bool,
 }
 
 impl Core {
@@ -42,6 +47,7 @@ impl Core {
             fast,
             extended,
             outgoing,
+            local,
         } = hello;
         if outgoing {
             if let Some(k) = self.known.get_mut(&addr) {
@@ -68,8 +74,9 @@ impl Core {
         let key = self.next_key;
         self.next_key += 1;
         let n = self.have.len();
-        self.peers
-            .insert(key, PeerState::new(addr, peer_id, fast, outgoing, n, now));
+        let mut p = PeerState::new(addr, peer_id, fast, outgoing, n, now);
+        p.local = local;
+        self.peers.insert(key, p);
         // Announce what we have at once: HAVE_ALL / HAVE_NONE with the Fast extension, a
         // bitfield otherwise (even an empty one, so the peer knows where we stand).
         let first = if fast && self.is_complete() {
@@ -105,6 +112,9 @@ impl Core {
         for (i, &h) in p.has.iter().enumerate() {
             if h {
                 count_holder(&mut self.availability, &mut self.held, i, false);
+                if p.local {
+                    self.local_availability[i] -= 1;
+                }
             }
         }
         for &(index, begin) in p.inflight.keys() {

@@ -81,6 +81,9 @@ impl Core {
                             p.useful += 1;
                         }
                         count_holder(&mut self.availability, &mut self.held, i as usize, true);
+                        if p.local {
+                            self.local_availability[i as usize] += 1;
+                        }
                     }
                 }
                 self.update_interest(key);
@@ -187,6 +190,13 @@ impl Core {
         for (i, (&had, &has)) in p.has.iter().zip(&bits).enumerate() {
             if has != had {
                 count_holder(&mut self.availability, &mut self.held, i, has);
+                if p.local {
+                    if has {
+                        self.local_availability[i] += 1;
+                    } else {
+                        self.local_availability[i] -= 1;
+                    }
+                }
             }
             if has && !self.have[i] {
                 useful += 1;

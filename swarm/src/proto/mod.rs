@@ -216,6 +216,8 @@ pub struct Core {
     unassigned: u32,
     /// Pieces at least one connected peer has.
     held: u32,
+    /// Per piece, how many connected local peers ([`Hello::local`]) have it.
+    local_availability: Vec<u32>,
     /// Seeder policy: where the search for a piece to suggest starts.
     suggest_cursor: usize,
     /// Seeder policy: since when we have been refusing (peer, piece), and when it last asked.
@@ -275,6 +277,7 @@ impl Core {
             assigned: vec![None; n],
             unassigned: n as u32,
             held: 0,
+            local_availability: vec![0; n],
             suggest_cursor: ((seed >> 32) % m) as usize,
             refusing: Map::with_hasher(hasher),
             downloaded: 0,

@@ -82,6 +82,8 @@ pub(crate) struct PeerState {
     pub(crate) admit: Admission,
     /// The id it wants for `bs_zstd` messages (0: it takes plain blocks only).
     pub(crate) zstd_id: u8,
+    /// Behind our switch ([`Hello::local`](super::Hello)).
+    pub(crate) local: bool,
 }
 
 impl PeerState {
@@ -112,6 +114,7 @@ impl PeerState {
             outgoing,
             admit: Admission::default(),
             zstd_id: 0,
+            local: true,
         }
     }
 

@@ -16,6 +16,12 @@ impl Core {
         spare.is_some_and(|seeds| self.availability[i as usize] > seeds)
     }
 
+    /// Is `key` a peer behind another switch, and piece `i` one a local peer has? Then it
+    /// is not asked for it (outside stalls and the end game): the local peer is.
+    fn far(&self, local: bool, i: u32) -> bool {
+        !local && self.local_availability[i as usize] > 0
+    }
+
     /// Chooses a new piece for `key` to start: rarest first, ties broken by distance from
     /// this node's random start point.
     pub(crate) fn pick_new_piece(&self, now: Instant, key: u64, spare: Option<u32>) -> Option<u32> {
@@ -31,6 +37,7 @@ impl Core {
                 || self.verifying.contains_key(&i)
                 || p.refused(i, now)
                 || self.spared(spare, i)
+                || self.far(p.local, i)
             {
                 continue;
             }
@@ -86,6 +93,7 @@ impl Core {
                     || p.refused(index, now)
                     || !ip.open_to(key)
                     || self.spared(spare, index)
+                    || self.far(p.local, index)
                 {
                     continue;
                 }

@@ -42,6 +42,7 @@ fn hello(i: u8) -> Hello {
         fast: true,
         extended: false,
         outgoing: false,
+        local: true,
     }
 }
 
@@ -332,4 +333,46 @@ fn the_core_reads_no_clock_and_no_randomness_and_knows_no_tokio() {
             assert!(!src.contains(banned), "{} uses {banned}", path.display());
         }
     }
+}
+
+#[test]
+fn a_peer_behind_another_switch_is_asked_only_for_what_no_local_peer_has() {
+    let t = Instant::now();
+    let mut c = core(8, false, false);
+    let remote = |i| Hello {
+        local: false,
+        ..hello(i)
+    };
+    let l = c.connect(t, hello(1), || false).unwrap();
+    let r = c.connect(t, remote(2), || false).unwrap();
+    drain(&mut c);
+    let bits: Vec<bool> = (0..8).map(|i| i < 4).collect();
+    msg(
+        &mut c,
+        t,
+        l,
+        Msg::Bitfield(crate::wire::bitfield_from(&bits)),
+    );
+    // The remote peer has pieces 0..6: after 4 and 5 (8 blocks), rarest first would go on
+    // with 0..4 to fill its pipeline of 16; they are the local peer's to send.
+    let rbits: Vec<bool> = (0..8).map(|i| i < 6).collect();
+    msg(
+        &mut c,
+        t,
+        r,
+        Msg::Bitfield(crate::wire::bitfield_from(&rbits)),
+    );
+    let to_r = requests(&msg(&mut c, t, r, Msg::Unchoke));
+    assert_eq!(to_r.len(), 8, "{to_r:?}");
+    assert!(to_r.iter().all(|(_, q)| q.index >= 4), "{to_r:?}");
+    let to_l = requests(&msg(&mut c, t, l, Msg::Unchoke));
+    assert!(!to_l.is_empty());
+    assert!(to_l.iter().all(|(_, q)| q.index < 4), "{to_l:?}");
+    // The local peer leaves: its pieces may come from another switch now.
+    c.handle(t, Input::Disconnected { key: l }).unwrap();
+    let r2 = c.connect(t, remote(3), || false).unwrap();
+    drain(&mut c);
+    msg(&mut c, t, r2, Msg::HaveAll);
+    let to_r2 = requests(&msg(&mut c, t, r2, Msg::Unchoke));
+    assert!(to_r2.iter().any(|(_, q)| q.index < 4), "{to_r2:?}");
 }
