@@ -87,6 +87,8 @@ struct Node {
     key_node: HashMap<u64, usize>,
     /// Block bytes waiting on this node's uplink.
     queued: u64,
+    /// Block bytes that left it.
+    uploaded: u64,
     up: usize,
     down: usize,
 }
@@ -174,6 +176,7 @@ pub fn run(p: &Params) -> Result<Report, SimError> {
             conns: BTreeMap::new(),
             key_node: HashMap::new(),
             queued: 0,
+            uploaded: 0,
             up,
             down,
         });
@@ -267,7 +270,7 @@ impl Sim {
                 if !self.nodes[i].alive {
                     return;
                 }
-                let up = self.seeder_block_bytes;
+                let up = self.nodes[i].uploaded;
                 self.feed(i, None, Input::Tick { uploaded: up });
                 let next = self.nodes[i].core.poll_timeout(self.instant());
                 let t = self.now + next.duration_since(self.instant()).as_nanos() as Ns;

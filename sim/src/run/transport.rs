@@ -114,6 +114,7 @@ impl Sim {
                 if let Content::Block(r) = &p.content {
                     let from = p.from;
                     self.nodes[from].queued -= r.length as u64;
+                    self.nodes[from].uploaded += r.length as u64;
                 }
             }
         }

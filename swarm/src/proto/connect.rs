@@ -10,7 +10,7 @@ use crate::zblock;
 use crate::SwarmError;
 
 use super::peer::PeerState;
-use super::pieces::count_holder;
+use super::pieces::{count_holder, count_local, counts_local};
 use super::{Action, Core, REDIAL_AFTER};
 
 /// A handshaken connection, as the driver reports it to [`Core::connect`].
@@ -112,10 +112,10 @@ impl Core {
         for (i, &h) in p.has.iter().enumerate() {
             if h {
                 count_holder(&mut self.availability, &mut self.held, i, false);
-                if p.local {
-                    self.local_availability[i] -= 1;
-                }
             }
+        }
+        if counts_local(&p, self.have.len()) {
+            count_local(&mut self.local_availability, &p.has, false);
         }
         for &(index, begin) in p.inflight.keys() {
             self.release_block(key, index, begin);

@@ -11,7 +11,7 @@ use crate::wire::{self, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::zblock::{self, Form};
 use crate::SwarmError;
 
-use super::pieces::{count_holder, Block};
+use super::pieces::{count_holder, count_local, counts_local, Block};
 use super::{Action, Core, MAX_SUGGESTED};
 
 /// A block's contents: its bytes, or (simulated) only its length.
@@ -75,14 +75,19 @@ impl Core {
                 let we_have = self.have[i as usize];
                 if let Some(p) = self.peers.get_mut(&key) {
                     if !p.has[i as usize] {
+                        let counted = counts_local(p, n as usize);
                         p.has[i as usize] = true;
                         p.has_count += 1;
                         if !we_have {
                             p.useful += 1;
                         }
                         count_holder(&mut self.availability, &mut self.held, i as usize, true);
-                        if p.local {
+                        if counted {
                             self.local_availability[i as usize] += 1;
+                            if !counts_local(p, n as usize) {
+                                // It became a seed.
+                                count_local(&mut self.local_availability, &p.has, false);
+                            }
                         }
                     }
                 }
@@ -163,7 +168,10 @@ impl Core {
         // Once some peer holds every piece and our upload queue has run dry, a second
         // copy costs nothing: the link would be idle otherwise.
         let idle = self.held == n && upload_queued < self.lengths.default_piece_length() as u64;
-        let refuse = ok && fast && self.cfg.prefer_unsent && self.refuse(now, key, r.index, idle);
+        let refuse = ok
+            && fast
+            && self.cfg.prefer_unsent
+            && self.refuse(now, key, r.index, idle, self.on_way_window(upload_queued));
         if ok && !refuse {
             self.out.push_back(Action::Serve(key, r));
         } else if fast {
@@ -190,20 +198,19 @@ impl Core {
         for (i, (&had, &has)) in p.has.iter().zip(&bits).enumerate() {
             if has != had {
                 count_holder(&mut self.availability, &mut self.held, i, has);
-                if p.local {
-                    if has {
-                        self.local_availability[i] += 1;
-                    } else {
-                        self.local_availability[i] -= 1;
-                    }
-                }
             }
             if has && !self.have[i] {
                 useful += 1;
             }
         }
+        if counts_local(p, n) {
+            count_local(&mut self.local_availability, &p.has, false);
+        }
         p.has_count = bits.iter().filter(|&&b| b).count() as u32;
         p.has = bits;
+        if counts_local(p, n) {
+            count_local(&mut self.local_availability, &p.has, true);
+        }
         p.useful = useful;
         self.update_interest(key);
         self.fill_requests(now, key);

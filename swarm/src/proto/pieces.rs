@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use crate::wire::{Msg, BLOCK_SIZE};
 use crate::zblock::Form;
 
+use super::peer::PeerState;
 use super::{Action, Core};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -76,6 +77,24 @@ pub(crate) fn count_holder(availability: &mut [u32], held: &mut u32, i: usize, g
         availability[i] -= 1;
         if availability[i] == 0 {
             *held -= 1;
+        }
+    }
+}
+
+/// Do `p`'s pieces count in `Core::local_availability`: it is behind our switch and not a
+/// seed? A seed there (the seeder, say) rations: it refuses pieces others can pass on, and
+/// must not keep peers behind other switches from being asked for them.
+pub(crate) fn counts_local(p: &PeerState, pieces: usize) -> bool {
+    p.local && (p.has_count as usize) < pieces
+}
+
+/// Adds (or takes away) one holder in `local` for every piece in `has`.
+pub(crate) fn count_local(local: &mut [u32], has: &[bool], add: bool) {
+    for (c, _) in local.iter_mut().zip(has).filter(|(_, &h)| h) {
+        if add {
+            *c += 1;
+        } else {
+            *c -= 1;
         }
     }
 }

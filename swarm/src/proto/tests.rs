@@ -376,3 +376,94 @@ fn a_peer_behind_another_switch_is_asked_only_for_what_no_local_peer_has() {
     let to_r2 = requests(&msg(&mut c, t, r2, Msg::Unchoke));
     assert!(to_r2.iter().any(|(_, q)| q.index < 4), "{to_r2:?}");
 }
+
+#[test]
+fn a_seed_behind_our_switch_does_not_keep_other_switches_from_being_asked() {
+    // The seeder behind our switch rations: were its pieces "local", nothing would ever be
+    // asked of the other switches (the simulator: N = 100 on 25 switches, the seeder's
+    // switch-mates took 4x the time of the others).
+    let t = Instant::now();
+    let mut c = core(8, false, false);
+    let s = c.connect(t, hello(1), || false).unwrap();
+    let r = c
+        .connect(
+            t,
+            Hello {
+                local: false,
+                ..hello(2)
+            },
+            || false,
+        )
+        .unwrap();
+    let l = c.connect(t, hello(3), || false).unwrap();
+    drain(&mut c);
+    msg(&mut c, t, s, Msg::HaveAll);
+    // A local receiver that completes becomes a seed too: its pieces stop counting.
+    msg(&mut c, t, l, Msg::HaveNone);
+    for i in 0..8 {
+        msg(&mut c, t, l, Msg::Have(i));
+    }
+    assert!(c.local_availability.iter().all(|&a| a == 0));
+    msg(&mut c, t, r, Msg::HaveAll);
+    let to_r = requests(&msg(&mut c, t, r, Msg::Unchoke));
+    assert!(!to_r.is_empty(), "the remote peer is asked");
+    // Gone again: nothing is left to take away.
+    c.handle(t, Input::Disconnected { key: l }).unwrap();
+    c.handle(t, Input::Disconnected { key: s }).unwrap();
+    assert!(c.local_availability.iter().all(|&a| a == 0));
+}
+
+#[test]
+fn a_seeder_counts_its_upload_queue_into_the_time_a_first_copy_is_on_its_way() {
+    let t = Instant::now();
+    let mut c = core(8, true, true);
+    let a = c.connect(t, hello(1), || false).unwrap();
+    let b = c.connect(t, hello(2), || false).unwrap();
+    drain(&mut c);
+    for k in [a, b] {
+        msg(&mut c, t, k, Msg::HaveNone);
+    }
+    // 10 MB/s measured over a second of ticks.
+    c.handle(t, Input::Tick { uploaded: 0 }).unwrap();
+    let t1 = t + Duration::from_secs(1);
+    c.handle(
+        t1,
+        Input::Tick {
+            uploaded: 10_000_000,
+        },
+    )
+    .unwrap();
+    drain(&mut c);
+    let r = Req {
+        index: 3,
+        begin: 0,
+        length: BLOCK_SIZE,
+    };
+    // 20 MB queued: 2 s before a's copy is out, REJECT_WINDOW after that.
+    let ask = |c: &mut Core, at: Instant, k: u64| {
+        c.handle(
+            at,
+            Input::Message {
+                key: k,
+                msg: Msg::Request(r),
+                upload_queued: 20_000_000,
+            },
+        )
+        .unwrap();
+        drain(c)
+    };
+    assert!(matches!(ask(&mut c, t1, a)[..], [Action::Serve(k, _)] if k == a));
+    let refused = |acts: &[Action]| matches!(acts[0], Action::Send(k, Msg::Reject(_)) if k == b);
+    assert!(refused(&ask(&mut c, t1, b)));
+    let s = |ms| t1 + Duration::from_millis(ms);
+    assert!(refused(&ask(&mut c, s(1_500), b)));
+    assert!(
+        refused(&ask(&mut c, s(3_000), b)),
+        "a fixed 2 s would serve it"
+    );
+    let acts = ask(&mut c, s(4_100), b);
+    assert!(
+        matches!(acts[..], [Action::Serve(k, _)] if k == b),
+        "{acts:?}"
+    );
+}
