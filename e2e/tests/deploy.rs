@@ -113,3 +113,44 @@ fn image_mode_deploys_the_same_result() {
         assert_same_ext4(&img, t, &m, &files);
     }
 }
+
+#[test]
+fn receivers_in_three_rooms_deploy_and_trade_across_them() {
+    // Three /24s (rooms, `--site-prefix 24`, the default) of three receivers each; the
+    // seeder in a fourth. Each receiver's tracker answer lists its room, the seeder and 4
+    // others, and it asks other rooms only for pieces its own lacks: everyone must still
+    // get everything, and the rooms must trade (the seeder is capped).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, _) = make_ext4(d, "src", 64, 4096, 20, 78);
+    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
+    let m = read_manifest(&mpath);
+    let seeder_ip = "127.0.18.1";
+    let mut seeder = seeder(
+        seeder_ip,
+        &mpath,
+        &["--expect", "9", "--upload-limit", "6M"],
+        d,
+        "seeder",
+    );
+    let url = manifest_url(seeder_ip, &m);
+    let mut rs = Vec::new();
+    for (room, net) in [15u8, 16, 17].into_iter().enumerate() {
+        // Each room's targets and logs in a directory of its own (the names are per host).
+        let rd = d.join(format!("room{net}"));
+        std::fs::create_dir(&rd).unwrap();
+        let seed = 10 * room as u64;
+        rs.extend(start_receivers(net, 2..=4, &url, &m, &[], &rd, seed));
+    }
+    wait_all_ok(&mut rs, T);
+    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
+    let status = seeder_status(&seeder);
+    assert_eq!(status["completed"], 9, "{status}");
+    let copies = status["uploaded_copies"].as_f64().unwrap();
+    eprintln!("seeder uploaded {copies:.2} copies for 9 receivers in 3 rooms");
+    assert!(copies < 1.3, "the rooms did not trade: {copies:.2} copies");
+    let want = packed_data(&img, &m);
+    for (t, _) in &rs {
+        assert!(packed_data(t, &m) == want, "{} differs", t.display());
+    }
+}

@@ -30,6 +30,7 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("PROGRESS", "lines"),
     ("PROGRESS_INTERVAL", "5s"),
     ("COMPRESS", "no"),
+    ("SITE_PREFIX", "24"),
 ];
 
 /// The help of `--config`, listing [`CONFIG_KEYS`].
@@ -110,10 +111,9 @@ pub struct Cli {
 
     /// Peers whose IPv4 addresses share this many leading bits with ours are behind our
     /// switch (the room's subnet): others are asked only for pieces no peer of our room
-    /// has. 0: every peer counts as ours.
-    #[arg(long, env = "RECEIVER_SITE_PREFIX", default_value_t = blockswarm_swarm::locality::DEFAULT_SITE_PREFIX,
-          value_parser = clap::value_parser!(u8).range(0..=32))]
-    pub site_prefix: u8,
+    /// has. 0: every peer counts as ours. Default 24.
+    #[arg(long, env = "RECEIVER_SITE_PREFIX", value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub site_prefix: Option<u8>,
 
     /// Announce to this tracker instead of the manifest's.
     #[arg(long, env = "RECEIVER_TRACKER")]
@@ -266,6 +266,14 @@ impl Settings {
                     "VERIFY" => f_verify = Some(truthy(v).map_err(err)?),
                     "RESUME" => f_resume = Some(truthy(v).map_err(err)?),
                     "COMPRESS" => f_compress = Some(truthy(v).map_err(err)?),
+                    "SITE_PREFIX" => {
+                        file.site_prefix = Some(
+                            v.parse::<u8>()
+                                .ok()
+                                .filter(|b| *b <= 32)
+                                .ok_or_else(|| err(format!("bad SITE_PREFIX {v:?} (0..=32)")))?,
+                        )
+                    }
                     "PROGRESS" => {
                         file.progress = Some(
                             <ProgressMode as clap::ValueEnum>::from_str(v, true).map_err(|_| {
@@ -309,7 +317,10 @@ impl Settings {
             verify: cli.verify || f_verify.unwrap_or(false),
             resume: !cli.no_resume && f_resume.unwrap_or(true),
             compress: !cli.no_compress && f_compress.unwrap_or(true),
-            site_prefix: cli.site_prefix,
+            site_prefix: cli
+                .site_prefix
+                .or(file.site_prefix)
+                .unwrap_or(blockswarm_swarm::locality::DEFAULT_SITE_PREFIX),
             tracker: cli.tracker.clone().or(file.tracker),
             peers: if cli.peers.is_empty() {
                 file.peers
@@ -456,6 +467,25 @@ mod tests {
             Settings::resolve(&cli),
             Err(ReceiverError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn site_prefix_comes_from_the_flag_then_the_file_then_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.conf");
+        std::fs::write(&p, "MANIFEST=m\nTARGET=t\n").unwrap();
+        let cli = |flag: Option<u8>| Cli {
+            config: Some(p.clone()),
+            site_prefix: flag,
+            ..Default::default()
+        };
+        let get = |c: &Cli| Settings::resolve(c).map(|s| s.site_prefix);
+        assert_eq!(get(&cli(None)).unwrap(), 24);
+        std::fs::write(&p, "MANIFEST=m\nTARGET=t\nSITE_PREFIX=0\n").unwrap();
+        assert_eq!(get(&cli(None)).unwrap(), 0);
+        assert_eq!(get(&cli(Some(16))).unwrap(), 16, "the command line wins");
+        std::fs::write(&p, "MANIFEST=m\nTARGET=t\nSITE_PREFIX=33\n").unwrap();
+        assert!(matches!(get(&cli(None)), Err(ReceiverError::Usage(_))));
     }
 
     #[test]

@@ -168,10 +168,7 @@ impl Core {
         // Once some peer holds every piece and our upload queue has run dry, a second
         // copy costs nothing: the link would be idle otherwise.
         let idle = self.held == n && upload_queued < self.lengths.default_piece_length() as u64;
-        let refuse = ok
-            && fast
-            && self.cfg.prefer_unsent
-            && self.refuse(now, key, r.index, idle, self.on_way_window(upload_queued));
+        let refuse = ok && fast && self.cfg.prefer_unsent && self.refuse(now, key, r.index, idle);
         if ok && !refuse {
             self.out.push_back(Action::Serve(key, r));
         } else if fast {

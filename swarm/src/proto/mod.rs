@@ -136,8 +136,8 @@ pub enum Input {
     Verified { index: u32, result: Verified },
     /// A piece found correct on storage (resume).
     Resumed { index: u32 },
-    /// The timer the core asked for ([`Core::poll_timeout`]). `uploaded`: block bytes sent
-    /// so far (a seeder's upload rate; the debug log).
+    /// The timer the core asked for ([`Core::poll_timeout`]). `uploaded`: bytes sent so far
+    /// (for the debug log).
     Tick { uploaded: u64 },
     /// Peer listen addresses (from a tracker); dialed and redialed as needed.
     PeersLearnt(Vec<SocketAddr>),
@@ -232,9 +232,6 @@ pub struct Core {
     rejects_sent: u64,
     /// Debug tick: figures at the previous tick.
     last_tick: (u64, u64),
-    /// Seeder policy: bytes uploaded at the last tick, and our upload rate (bytes/s).
-    last_upload: Option<(Instant, u64)>,
-    upload_rate: Option<f64>,
 }
 
 impl Core {
@@ -290,8 +287,6 @@ impl Core {
             servable,
             rejects_sent: 0,
             last_tick: (0, 0),
-            last_upload: None,
-            upload_rate: None,
         }
     }
 

@@ -51,7 +51,6 @@ impl Core {
     /// ones released, every peer's pipeline topped up, known addresses redialed.
     pub(crate) fn on_tick(&mut self, now: Instant, uploaded: u64) {
         self.next_tick = Some(now + TICK);
-        self.meter_upload(now, uploaded);
         if tracing::enabled!(tracing::Level::DEBUG) {
             self.debug_tick(uploaded);
         }
