@@ -96,6 +96,9 @@ impl Core {
             }
             Msg::Choke => {
                 if let Some(p) = self.peers.get_mut(&key) {
+                    if counts_local(p, n as usize) {
+                        count_local(&mut self.local_availability, &p.has, false);
+                    }
                     p.choked_us = true;
                     if !p.fast {
                         // Without the Fast extension a choke drops every pending request.
@@ -111,7 +114,11 @@ impl Core {
             }
             Msg::Unchoke => {
                 if let Some(p) = self.peers.get_mut(&key) {
+                    let counted = counts_local(p, n as usize);
                     p.choked_us = false;
+                    if !counted && counts_local(p, n as usize) {
+                        count_local(&mut self.local_availability, &p.has, true);
+                    }
                 }
                 self.fill_requests(now, key);
             }

@@ -81,11 +81,12 @@ pub(crate) fn count_holder(availability: &mut [u32], held: &mut u32, i: usize, g
     }
 }
 
-/// Do `p`'s pieces count in `Core::local_availability`: it is behind our switch and not a
-/// seed? A seed there (the seeder, say) rations: it refuses pieces others can pass on, and
-/// must not keep peers behind other switches from being asked for them.
+/// Do `p`'s pieces count in `Core::local_availability`: it is behind our switch, not a seed,
+/// and not choking us? A seed there (the seeder, say) rations: it refuses pieces others can
+/// pass on. A peer that chokes us (a standard client does, ours never) gives us nothing.
+/// Neither must keep peers behind other switches from being asked for what they hold.
 pub(crate) fn counts_local(p: &PeerState, pieces: usize) -> bool {
-    p.local && (p.has_count as usize) < pieces
+    p.local && !p.choked_us && (p.has_count as usize) < pieces
 }
 
 /// Adds (or takes away) one holder in `local` for every piece in `has`.

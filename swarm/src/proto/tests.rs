@@ -362,12 +362,20 @@ fn a_peer_behind_another_switch_is_asked_only_for_what_no_local_peer_has() {
         r,
         Msg::Bitfield(crate::wire::bitfield_from(&rbits)),
     );
-    let to_r = requests(&msg(&mut c, t, r, Msg::Unchoke));
-    assert_eq!(to_r.len(), 8, "{to_r:?}");
-    assert!(to_r.iter().all(|(_, q)| q.index >= 4), "{to_r:?}");
+    // While the local peer chokes us its pieces do not count: it gives us nothing.
+    assert!(c.local_availability.iter().all(|&a| a == 0));
     let to_l = requests(&msg(&mut c, t, l, Msg::Unchoke));
     assert!(!to_l.is_empty());
     assert!(to_l.iter().all(|(_, q)| q.index < 4), "{to_l:?}");
+    let to_r = requests(&msg(&mut c, t, r, Msg::Unchoke));
+    assert_eq!(to_r.len(), 8, "{to_r:?}");
+    assert!(to_r.iter().all(|(_, q)| q.index >= 4), "{to_r:?}");
+    // Choked again, it stops counting; unchoked, it counts once more.
+    msg(&mut c, t, l, Msg::Choke);
+    assert!(c.local_availability.iter().all(|&a| a == 0));
+    msg(&mut c, t, l, Msg::Unchoke);
+    msg(&mut c, t, l, Msg::Unchoke);
+    assert_eq!(&c.local_availability[..], &[1, 1, 1, 1, 0, 0, 0, 0]);
     // The local peer leaves: its pieces may come from another switch now.
     c.handle(t, Input::Disconnected { key: l }).unwrap();
     let r2 = c.connect(t, remote(3), || false).unwrap();
@@ -398,8 +406,10 @@ fn a_seed_behind_our_switch_does_not_keep_other_switches_from_being_asked() {
     let l = c.connect(t, hello(3), || false).unwrap();
     drain(&mut c);
     msg(&mut c, t, s, Msg::HaveAll);
+    msg(&mut c, t, s, Msg::Unchoke);
     // A local receiver that completes becomes a seed too: its pieces stop counting.
     msg(&mut c, t, l, Msg::HaveNone);
+    msg(&mut c, t, l, Msg::Unchoke);
     for i in 0..8 {
         msg(&mut c, t, l, Msg::Have(i));
     }
