@@ -41,39 +41,61 @@ fn ext4_4k_blocks_deploys_to_three_receivers() {
     deploy_ext4(12, 4096);
 }
 
-#[test]
-fn four_receivers_share_so_the_capped_seeder_uploads_under_1_3_copies() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (img, _) = make_ext4(d, "src", 64, 4096, 20, 77);
-    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
-    let m = read_manifest(&mpath);
-    let net = 13;
-    let ip = |h: u8| format!("127.0.{net}.{h}");
-    // 4 MiB/s: slow enough that receivers must trade pieces to finish in time.
+/// A seeder on `seeder_ip` capped at `limit` bytes/s (slow enough that receivers must trade
+/// pieces to finish in time) and receivers on 127.0.ROOM.2 ..= 127.0.ROOM.`last` for each of
+/// `rooms` (each room's targets and logs in a directory of its own: the names are per host),
+/// from the ext4 fixture of `seed`. Every receiver exits 0 with the source's packed data and
+/// the seeder counts them all completed; returns the copies the seeder uploaded and its
+/// final status.
+fn capped_deploy(
+    seed: u64,
+    seeder_ip: &str,
+    limit: &str,
+    rooms: &[u8],
+    last: u8,
+) -> (f64, serde_json::Value) {
+    let f = ext4_fixture(seed, 64, 20);
+    let n = rooms.len() * (last as usize - 1);
+    let expect = n.to_string();
     let mut seeder = seeder(
-        &ip(1),
-        &mpath,
-        &["--expect", "4", "--upload-limit", "4M"],
-        d,
+        seeder_ip,
+        &f.mpath,
+        &["--expect", &expect, "--upload-limit", limit],
+        &f.d,
         "seeder",
     );
-    let url = manifest_url(&ip(1), &m);
-    let mut rs = start_receivers(net, 2..=5, &url, &m, &[], d, 0);
+    let url = manifest_url(seeder_ip, &f.m);
+    let mut rs = Vec::new();
+    for (k, &net) in rooms.iter().enumerate() {
+        let rd = f.d.join(format!("room{net}"));
+        std::fs::create_dir(&rd).unwrap();
+        let seed = 10 * k as u64;
+        rs.extend(start_receivers(net, 2..=last, &url, &f.m, &[], &rd, seed));
+    }
     wait_all_ok(&mut rs, T);
     assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
     let status = seeder_status(&seeder);
+    assert_eq!(status["completed"], n, "{status}");
+    let want = packed_data(&f.img, &f.m);
+    for (t, _) in &rs {
+        assert!(packed_data(t, &f.m) == want, "{} differs", t.display());
+    }
     let copies = status["uploaded_copies"].as_f64().unwrap();
-    eprintln!("seeder uploaded {copies:.2} copies for 4 receivers");
+    eprintln!(
+        "seeder uploaded {copies:.2} copies for {n} receivers in {} room(s)",
+        rooms.len()
+    );
+    (copies, status)
+}
+
+#[test]
+fn four_receivers_share_so_the_capped_seeder_uploads_under_1_3_copies() {
+    let (copies, status) = capped_deploy(77, "127.0.13.1", "4M", &[13], 5);
     assert!(copies < 1.3, "seeder uploaded {copies:.2} copies: {status}");
     assert!(
         copies >= 1.0,
         "the seeder must have sent everything once: {status}"
     );
-    let want = packed_data(&img, &m);
-    for (t, _) in &rs {
-        assert!(packed_data(t, &m) == want, "{} differs", t.display());
-    }
 }
 
 #[test]
@@ -120,37 +142,6 @@ fn receivers_in_three_rooms_deploy_and_trade_across_them() {
     // seeder in a fourth. Each receiver's tracker answer lists its room, the seeder and 4
     // others, and it asks other rooms only for pieces its own lacks: everyone must still
     // get everything, and the rooms must trade (the seeder is capped).
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (img, _) = make_ext4(d, "src", 64, 4096, 20, 78);
-    let mpath = image(&img, &d.join("m.torrent"), &["--piece-size", "256K"]);
-    let m = read_manifest(&mpath);
-    let seeder_ip = "127.0.18.1";
-    let mut seeder = seeder(
-        seeder_ip,
-        &mpath,
-        &["--expect", "9", "--upload-limit", "6M"],
-        d,
-        "seeder",
-    );
-    let url = manifest_url(seeder_ip, &m);
-    let mut rs = Vec::new();
-    for (room, net) in [15u8, 16, 17].into_iter().enumerate() {
-        // Each room's targets and logs in a directory of its own (the names are per host).
-        let rd = d.join(format!("room{net}"));
-        std::fs::create_dir(&rd).unwrap();
-        let seed = 10 * room as u64;
-        rs.extend(start_receivers(net, 2..=4, &url, &m, &[], &rd, seed));
-    }
-    wait_all_ok(&mut rs, T);
-    assert_eq!(seeder.wait(T), 0, "seeder:\n{}", seeder.stderr_text());
-    let status = seeder_status(&seeder);
-    assert_eq!(status["completed"], 9, "{status}");
-    let copies = status["uploaded_copies"].as_f64().unwrap();
-    eprintln!("seeder uploaded {copies:.2} copies for 9 receivers in 3 rooms");
+    let (copies, _) = capped_deploy(78, "127.0.18.1", "6M", &[15, 16, 17], 4);
     assert!(copies < 1.3, "the rooms did not trade: {copies:.2} copies");
-    let want = packed_data(&img, &m);
-    for (t, _) in &rs {
-        assert!(packed_data(t, &m) == want, "{} differs", t.display());
-    }
 }
