@@ -304,8 +304,9 @@ impl Sim {
         }
     }
 
-    /// The tracker lists the live started nodes (with `--locality`, as `locality::answer`
-    /// picks them: the asker's switch, seeds, a few others); receivers ask again later.
+    /// The tracker lists the live started nodes as `locality::answer` picks them (the
+    /// asker's site, seeders, a few others; with sites off, all of them); receivers ask
+    /// again later.
     fn announce(&mut self, i: usize) {
         if !self.nodes[i].alive {
             return;
@@ -318,15 +319,11 @@ impl Sim {
                     seeder: self.nodes[j].role == Role::Seeder,
                 })
                 .collect();
-            let peers = if self.p.locality {
-                let site = |a, b| match (node_of(a), node_of(b)) {
-                    (Some(x), Some(y)) => self.p.switch_of(x) == self.p.switch_of(y),
-                    _ => false,
-                };
-                locality::answer(addr_of(i), &live, site, self.p.remote_peers)
-            } else {
-                live.iter().map(|c| c.addr).collect()
+            let site = |a, b| match (node_of(a), node_of(b)) {
+                (Some(x), Some(y)) => self.p.same_site(x, y),
+                _ => false,
             };
+            let peers = locality::answer(addr_of(i), &live, site, self.p.remote_peers);
             self.feed(i, None, Input::PeersLearnt(peers));
             if self.nodes[i].done_at.is_none() {
                 self.at(self.now + ANNOUNCE_EVERY, Ev::Announce(i));
@@ -401,7 +398,7 @@ impl Sim {
             self.feed(from, None, Input::DialEnded(addr));
             return;
         }
-        let local = !self.p.locality || self.p.switch_of(from) == self.p.switch_of(to);
+        let local = self.p.same_site(from, to);
         let hello = |node: usize, outgoing: bool| Hello {
             addr: addr_of(node),
             peer_id: peer_id(node),

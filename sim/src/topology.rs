@@ -128,6 +128,12 @@ impl Params {
         }
     }
 
+    /// Are nodes `x` and `y` on one site: behind the same switch, or anywhere with sites off
+    /// (what `locality::same_site` decides from addresses for the seeder and receivers).
+    pub fn same_site(&self, x: usize, y: usize) -> bool {
+        !self.locality || self.switch_of(x) == self.switch_of(y)
+    }
+
     /// The edge switch of `node`: receivers in contiguous groups, seeders and liars spread
     /// over the switches.
     pub fn switch_of(&self, node: usize) -> usize {
