@@ -10,7 +10,7 @@ use crate::zblock;
 use crate::SwarmError;
 
 use super::peer::PeerState;
-use super::pieces::{count_holder, count_local, counts_local};
+use super::pieces::{count_holder, leave_local};
 use super::{Action, Core, REDIAL_AFTER};
 
 /// A handshaken connection, as the driver reports it to [`Core::connect`].
@@ -114,9 +114,7 @@ impl Core {
                 count_holder(&mut self.availability, &mut self.held, i, false);
             }
         }
-        if counts_local(&p, self.have.len()) {
-            count_local(&mut self.local_availability, &p.has, false);
-        }
+        leave_local(&mut self.local_availability, &p, self.have.len());
         for &(index, begin) in p.inflight.keys() {
             self.release_block(key, index, begin);
         }

@@ -11,7 +11,7 @@ use crate::wire::{self, Msg, Req, BLOCK_SIZE, MAX_REQUEST};
 use crate::zblock::{self, Form};
 use crate::SwarmError;
 
-use super::pieces::{count_holder, count_local, counts_local, Block};
+use super::pieces::{count_holder, count_local, counts_local, join_local, leave_local, Block};
 use super::{Action, Core, MAX_SUGGESTED};
 
 /// A block's contents: its bytes, or (simulated) only its length.
@@ -96,9 +96,7 @@ impl Core {
             }
             Msg::Choke => {
                 if let Some(p) = self.peers.get_mut(&key) {
-                    if counts_local(p, n as usize) {
-                        count_local(&mut self.local_availability, &p.has, false);
-                    }
+                    leave_local(&mut self.local_availability, p, n as usize);
                     p.choked_us = true;
                     if !p.fast {
                         // Without the Fast extension a choke drops every pending request.
@@ -114,10 +112,10 @@ impl Core {
             }
             Msg::Unchoke => {
                 if let Some(p) = self.peers.get_mut(&key) {
-                    let counted = counts_local(p, n as usize);
-                    p.choked_us = false;
-                    if !counted && counts_local(p, n as usize) {
-                        count_local(&mut self.local_availability, &p.has, true);
+                    if p.choked_us {
+                        // Choked, it did not count (`counts_local`); now it may.
+                        p.choked_us = false;
+                        join_local(&mut self.local_availability, p, n as usize);
                     }
                 }
                 self.fill_requests(now, key);
@@ -207,14 +205,10 @@ impl Core {
                 useful += 1;
             }
         }
-        if counts_local(p, n) {
-            count_local(&mut self.local_availability, &p.has, false);
-        }
+        leave_local(&mut self.local_availability, p, n);
         p.has_count = bits.iter().filter(|&&b| b).count() as u32;
         p.has = bits;
-        if counts_local(p, n) {
-            count_local(&mut self.local_availability, &p.has, true);
-        }
+        join_local(&mut self.local_availability, p, n);
         p.useful = useful;
         self.update_interest(key);
         self.fill_requests(now, key);

@@ -100,6 +100,21 @@ pub(crate) fn count_local(local: &mut [u32], has: &[bool], add: bool) {
     }
 }
 
+/// Takes `p`'s pieces out of `local` if they count there: call before `p` changes in a way
+/// [`counts_local`] looks at (choke, its pieces replaced, gone), and [`join_local`] after.
+pub(crate) fn leave_local(local: &mut [u32], p: &PeerState, pieces: usize) {
+    if counts_local(p, pieces) {
+        count_local(local, &p.has, false);
+    }
+}
+
+/// Puts `p`'s pieces into `local` if they count there (see [`leave_local`]).
+pub(crate) fn join_local(local: &mut [u32], p: &PeerState, pieces: usize) {
+    if counts_local(p, pieces) {
+        count_local(local, &p.has, true);
+    }
+}
+
 impl Core {
     /// Pieces we lack that are neither being assembled nor being verified.
     pub(crate) fn unstarted(&self) -> usize {
