@@ -2,7 +2,8 @@
 //! Arbitrary bytes as what an HTTP client sends to the seeder's server (`handle_conn`, over an
 //! in-memory connection, with the seeder's routes: `/announce` to the embedded tracker, `/`, a
 //! manifest, 404), then the server's answer read by our HTTP client. Never a panic; every
-//! answer is a complete response that the client accepts exactly when it is a 200.
+//! answer is a complete response that the client accepts exactly when it is a 200 (but for
+//! HEAD, answered without a body).
 #![no_main]
 
 use std::net::SocketAddr;
@@ -73,6 +74,10 @@ fuzz_target!(|data: &[u8]| {
         [200, 400, 404, 405, 408, 413, 431].contains(&status),
         "status {status}"
     );
+    if data.starts_with(b"HEAD ") {
+        // Answered without its body, as HEAD is; our client only sends GET and POST.
+        return;
+    }
     let body = http::read_response(&answer, "http://seeder/");
     assert_eq!(body.is_ok(), status == 200, "{body:?}");
     if let Ok(b) = body {

@@ -5,6 +5,7 @@
 //! See `manifest/FORMAT.md` for the byte/field table.
 #![forbid(unsafe_code)]
 
+pub mod bencode;
 pub mod device;
 pub mod exit;
 mod extent;
@@ -336,6 +337,7 @@ impl Manifest {
 
     /// Parses and validates a `.torrent` produced by the imager.
     pub fn decode(bytes: &[u8]) -> Result<DecodedManifest, ManifestError> {
+        bencode::check(bytes).map_err(|e| ManifestError::Bencode(e.to_string()))?;
         let t: WireTorrentIn<'_> = librqbit_bencode::from_bytes(bytes)
             .map_err(|e| ManifestError::Bencode(e.to_string()))?;
         let info_hash: [u8; 20] = Sha1::digest(t.info.raw_bytes.0).into();

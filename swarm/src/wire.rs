@@ -130,9 +130,22 @@ fn req_from(b: &[u8]) -> Req {
     }
 }
 
-/// Decodes one complete frame (length prefix included).
+/// Decodes one complete frame (length prefix included); a slice whose length prefix does
+/// not match it is malformed.
 pub fn decode_frame(frame: &[u8]) -> Result<Msg, WireError> {
-    if frame.len() == 4 {
+    let Some((prefix, body)) = frame.split_first_chunk::<4>() else {
+        return Err(WireError::Malformed(
+            "frame shorter than a length prefix".into(),
+        ));
+    };
+    if u32::from_be_bytes(*prefix) as usize != body.len() {
+        return Err(WireError::Malformed(format!(
+            "length prefix {} for {} bytes",
+            u32::from_be_bytes(*prefix),
+            body.len()
+        )));
+    }
+    if body.is_empty() {
         return Ok(Msg::KeepAlive);
     }
     let id = frame[4];
@@ -418,6 +431,17 @@ mod tests {
         );
         assert_eq!(buf, [0, 0, 0, 3, 20, 1, 9]);
         assert!(decode_frame(&[0, 0, 0, 1, 20]).is_err(), "no extended id");
+        // Slices that are not one whole frame are refused, not a panic.
+        for bad in [
+            &[][..],
+            &[0, 0, 0],
+            &[0, 0, 0, 1],
+            &[0, 0, 0, 9, 4, 0],
+            &[0, 0, 0, 0, 1],
+        ] {
+            assert!(decode_frame(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(decode_frame(&[0, 0, 0, 0]).unwrap(), Msg::KeepAlive);
         // Reserved byte 5, bit 0x10, in the big-endian reserved field.
         assert_eq!(RESERVED_EXTENDED.to_be_bytes()[5], 0x10);
         assert_eq!(RESERVED_FAST.to_be_bytes()[7], 0x04);

@@ -69,6 +69,7 @@ pub fn peer_id_for_zstd(payload: &[u8]) -> Option<u8> {
         #[serde(default)]
         m: BTreeMap<String, i64>,
     }
+    blockswarm_manifest::bencode::check(payload).ok()?;
     let hs: Hs = librqbit_bencode::from_bytes(payload).ok()?;
     // BEP 10: 0 disables an extension.
     hs.m.get(EXT_NAME)
@@ -277,6 +278,17 @@ mod tests {
         assert_eq!(peer_id_for_zstd(b"d1:md7:bs_zstdi300eee"), None);
         assert_eq!(peer_id_for_zstd(b"garbage"), None);
         assert_eq!(peer_id_for_zstd(b""), None);
+    }
+
+    #[test]
+    fn numbers_too_long_for_a_machine_word_are_refused_not_a_panic() {
+        // Found by the fuzzer (tracker_reply): the bencode parser reads lengths and
+        // integers with `atoi`, which overflows on 20 digits or more.
+        assert_eq!(
+            peer_id_for_zstd(b"d1:md7:bs_zstdi99999999999999999999999999eee"),
+            None
+        );
+        assert_eq!(peer_id_for_zstd(b"d99999999999999999999999999:mee"), None);
     }
 
     #[test]

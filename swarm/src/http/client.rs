@@ -108,6 +108,14 @@ pub fn read_response(response: &[u8], url: &str) -> Result<Vec<u8>, SwarmError> 
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let response = response.to_vec();
         tokio::spawn(async move {
+            // The request first, as a server would: a response written and the connection
+            // shut before the client sent its request made hyper cancel it (found by the
+            // http_request fuzz target), whatever the response was.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && server.read_exact(&mut byte).await.is_ok() {
+                head.push(byte[0]);
+            }
             let _ = server.write_all(&response).await;
             let _ = server.shutdown().await;
             // Held open until the client is done with it.

@@ -51,6 +51,8 @@ struct ReplyIn<'a> {
 
 /// Parses a tracker reply (compact peer list).
 pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, SwarmError> {
+    blockswarm_manifest::bencode::check(body)
+        .map_err(|e| SwarmError::Tracker(format!("unreadable reply: {e}")))?;
     let r: ReplyIn<'_> = librqbit_bencode::from_bytes(body)
         .map_err(|e| SwarmError::Tracker(format!("unreadable reply: {e}")))?;
     if let Some(f) = r.failure {
@@ -106,4 +108,23 @@ pub async fn announce(
     }
     let body = http::get(&url, bind_ip, Duration::from_secs(10)).await?;
     parse_reply(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_with_numbers_too_long_for_a_machine_word_is_refused() {
+        // The fuzzer's find (tracker_reply): a 20-digit length or integer overflowed the
+        // bencode parser's `atoi` and panicked in debug builds.
+        let long = b"d8:intervali99999999999999999999999999e5:peers0:e";
+        assert!(parse_reply(long).is_err());
+        let mut crash = b"d15:-Leng".to_vec();
+        crash.extend_from_slice(&[b'6'; 68]);
+        crash.extend_from_slice(b"th: 106\r\nCo0e8:completei1e1");
+        assert!(parse_reply(&crash).is_err());
+        let ok = b"d8:intervali30e5:peers6:\x7f\x00\x00\x01\x1a\xe1e";
+        assert_eq!(parse_reply(ok).unwrap().peers.len(), 1);
+    }
 }
