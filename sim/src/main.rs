@@ -64,6 +64,10 @@ struct Cli {
     /// node's switch is its site (see `swarm::locality`).
     #[arg(long, env = "SIM_NO_LOCALITY")]
     no_locality: bool,
+    /// Requests served in the order they came, not piece by piece (`SwarmOptions::
+    /// order_uploads` off; see `swarm::proto::upload_order`).
+    #[arg(long, env = "SIM_NO_UPLOAD_ORDER")]
+    no_upload_order: bool,
     /// Peers behind other switches the tracker lists (`locality::REMOTE_PEERS`).
     #[arg(long, env = "SIM_REMOTE_PEERS", default_value_t = blockswarm_swarm::locality::REMOTE_PEERS)]
     remote_peers: usize,
@@ -101,6 +105,7 @@ fn go(c: Cli) -> Result<bool> {
         max_peers: c.max_peers,
         dial_peers: c.dial_peers,
         locality: !c.no_locality,
+        order_uploads: !c.no_upload_order,
         remote_peers: c.remote_peers,
         seed: c.seed,
         ..Params::default()

@@ -165,6 +165,7 @@ pub fn run(p: &Params) -> Result<Report, SimError> {
             trust_initial_pieces: true,
             compress: false,
             carry_data: false,
+            order_uploads: p.order_uploads,
         };
         let core = Core::new(cfg, lengths, vec![seed; n], rng.gen());
         nodes.push(Node {

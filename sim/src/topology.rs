@@ -40,6 +40,8 @@ pub struct Params {
     /// others, and a node asks peers behind other switches only for pieces no peer behind
     /// its own has. Off: every live peer is listed and counts as local.
     pub locality: bool,
+    /// Nodes serve requests piece by piece (`SwarmOptions::order_uploads`).
+    pub order_uploads: bool,
     pub remote_peers: usize,
     /// Receivers start at random times within this.
     pub start_spread: Duration,
@@ -67,6 +69,7 @@ impl Default for Params {
             max_peers: 128,
             dial_peers: 32,
             locality: true,
+            order_uploads: true,
             remote_peers: blockswarm_swarm::locality::REMOTE_PEERS,
             start_spread: Duration::from_millis(300),
             hash_rate: 1e9,

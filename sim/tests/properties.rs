@@ -117,3 +117,35 @@ fn sites_keep_traffic_behind_its_switch_and_everyone_still_finishes() {
         assert!(u < 0.75 * v, "uplinks: {u:.2} with sites, {v:.2} without");
     }
 }
+
+#[test]
+fn serving_piece_by_piece_gets_a_room_done_sooner() {
+    // 60 receivers on one switch. Served in the order requests came, the seeder's 60
+    // pieces in flight complete together; piece by piece (the default), one after another,
+    // and receivers trade from the first second.
+    let room = |order_uploads: bool, seed: u64| Params {
+        nodes: 60,
+        bytes: 20_000_000,
+        order_uploads,
+        ..room(60, seed)
+    };
+    for seed in 1..=3 {
+        let with = run(&room(true, seed)).expect("runs");
+        let without = run(&room(false, seed)).expect("runs");
+        for r in [&with, &without] {
+            assert_eq!(r.ratios.len(), 60, "all finished: {r:?}");
+            assert_eq!(r.bad_requests, 0);
+            assert!(r.honest_banned.is_empty(), "{:?}", r.honest_banned);
+        }
+        let (a, b) = (with.quantile(0.5), without.quantile(0.5));
+        assert!(
+            a < b - 0.1,
+            "p50 {a:.3} piece by piece, {b:.3} as they came"
+        );
+        assert!(
+            with.quantile(1.0) < without.quantile(1.0),
+            "{with:?} {without:?}"
+        );
+        assert!(with.seeder_copies < without.seeder_copies);
+    }
+}

@@ -98,6 +98,10 @@ pub struct SwarmOptions {
     /// same switch (a room's subnet; `locality::same_site`); others are asked only for
     /// pieces no local peer has. 0: every peer is local.
     pub site_prefix: u8,
+    /// Serve requests piece by piece: the writers get a shallow queue and the rest waits
+    /// in the core, released in the order each (peer, piece) was first asked for (see
+    /// `proto::upload_order`). Off: in the order they came.
+    pub order_uploads: bool,
 }
 
 impl Default for SwarmOptions {
@@ -117,6 +121,7 @@ impl Default for SwarmOptions {
             compress: true,
             zstd_cache_bytes: 64 << 20,
             site_prefix: crate::locality::DEFAULT_SITE_PREFIX,
+            order_uploads: true,
         }
     }
 }
@@ -167,8 +172,12 @@ pub(crate) struct Shared {
     uploaded: AtomicU64,
     bucket: Option<Mutex<Bucket>>,
     listen_addr: SocketAddr,
-    /// Bytes requested from us and not yet written to a socket, all peers together.
+    /// Bytes requested from us and not yet written to a socket, all peers together (counted
+    /// when the actor hands a request to a writer).
     queued: AtomicU64,
+    /// The core's `upload_release_below` (0: none), as of the actor's last event: a writer
+    /// whose write takes `queued` below it tells the actor.
+    release_below: AtomicU64,
     /// Seeder start-up: connections take turns to send one batch each (see `writer`).
     turns: tokio::sync::Semaphore,
     /// A first-serve check ended (writers waiting for it look again).
@@ -247,6 +256,7 @@ impl Swarm {
             trust_initial_pieces: opts.trust_initial_pieces,
             compress: opts.compress,
             carry_data: true,
+            order_uploads: opts.order_uploads,
         };
         let core = Core::new(cfg, lengths, have, rand::thread_rng().gen());
         let node = Node {
@@ -268,6 +278,7 @@ impl Swarm {
             checked: Notify::new(),
             uploaded: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            release_below: AtomicU64::new(0),
             turns: tokio::sync::Semaphore::new(1),
             limiter: conn_limit::Limiter::new(conn_limit::BT),
             forms: Mutex::new(FormCache::new(opts.zstd_cache_bytes)),

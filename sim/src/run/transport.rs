@@ -109,13 +109,28 @@ impl Sim {
     pub(super) fn hop_done(&mut self, h: usize) {
         let id = self.hops[h].serving.take().expect("a packet in service");
         let lat = self.hops[h].latency_ns;
+        let mut drained = None;
         if let Some(p) = self.packets.get(&id) {
             if p.pos == 0 {
                 if let Content::Block(r) = &p.content {
                     let from = p.from;
                     self.nodes[from].queued -= r.length as u64;
                     self.nodes[from].uploaded += r.length as u64;
+                    drained = Some(from);
                 }
+            }
+        }
+        // The writers' queue fell below what the core wants: it releases more.
+        if let Some(i) = drained {
+            let node = &self.nodes[i];
+            if node.alive
+                && node
+                    .core
+                    .upload_release_below()
+                    .is_some_and(|b| node.queued < b)
+            {
+                let upload_queued = node.queued;
+                self.feed(i, None, Input::UploadDrained { upload_queued });
             }
         }
         self.at(self.now + lat, Ev::Arrive(id));

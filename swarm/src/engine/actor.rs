@@ -240,7 +240,15 @@ impl Actor {
                         if let Some(l) = node.links.get(&k) {
                             // Past `MAX_QUEUED_REQUESTS` a request is refused like any other.
                             if l.backlog.try_queue_request() {
-                                let _ = l.tx.send(Out::Serve(r));
+                                // Counted before the writer can take it (and count it
+                                // off), so that the core's view of the writers' queue is
+                                // never behind what it handed them.
+                                let queued = &self.swarm.shared.queued;
+                                let len = r.length as u64;
+                                queued.fetch_add(len, Ordering::SeqCst);
+                                if l.tx.send(Out::Serve(r)).is_err() {
+                                    queued.fetch_sub(len, Ordering::SeqCst);
+                                }
                             } else if l.fast && !send(l, Msg::Reject(r)) {
                                 flooding.push(k);
                             }
@@ -282,16 +290,29 @@ impl Actor {
                     Action::Changed => self.dirty = true,
                 }
             }
-            if flooding.is_empty() {
+            if !flooding.is_empty() {
+                // It went on requesting while not reading our refusals (some 60,000 of
+                // them unread): a flood, not a slow peer. Banned, so it cannot redial.
+                let now = Instant::now();
+                for key in flooding {
+                    let _ = node.core.handle(now, Input::Flooding { key });
+                }
+                continue;
+            }
+            // Requests wait in the core's upload order: the writers learn below which
+            // queue they must tell us, and if it is below that already, more go now.
+            let shared = &self.swarm.shared;
+            let below = node.core.upload_release_below().unwrap_or(0);
+            shared.release_below.store(below, Ordering::SeqCst);
+            let upload_queued = shared.queued.load(Ordering::SeqCst);
+            if upload_queued >= below {
                 break;
             }
-            // It went on requesting while not reading our refusals (some 60,000 of them
-            // unread): a flood, not a slow peer. Banned, so it cannot redial and go on.
-            let now = Instant::now();
-            for key in flooding {
-                let _ = node.core.handle(now, Input::Flooding { key });
-            }
+            let _ = node
+                .core
+                .handle(Instant::now(), Input::UploadDrained { upload_queued });
         }
+
         // Before anything else runs: a writer of a connection just registered reads it.
         self.swarm
             .shared

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::{Out, Shared, Swarm, MAX_BATCH};
 use crate::backlog::Backlog;
+use crate::proto::Input;
 use crate::servable::{Checked, Outcome, ReadPlan};
 use crate::wire::{self, Msg, Req, MAX_REQUEST};
 use crate::zblock::{self, Form};
@@ -30,9 +31,11 @@ pub struct CorruptPiece {
     pub location: String,
 }
 
-/// One connection's requests waiting to be served. Their bytes count in
-/// `Shared::queued` until written, cancelled, or the writer ends (even by abort).
+/// One connection's requests waiting to be served, and its inbox. Their bytes count in
+/// `Shared::queued` from when the actor sends them (see `actor`) until written, cancelled,
+/// or the writer ends (even by abort: what is still in the inbox then is counted off too).
 struct ServeQueue {
+    rx: mpsc::UnboundedReceiver<Out>,
     reqs: VecDeque<Req>,
     /// Bytes of this queue's requests not yet written (including a batch being written).
     bytes: u64,
@@ -42,9 +45,6 @@ struct ServeQueue {
 impl ServeQueue {
     fn push(&mut self, r: Req) {
         self.bytes += r.length as u64;
-        self.shared
-            .queued
-            .fetch_add(r.length as u64, Ordering::Relaxed);
         self.reqs.push_back(r);
     }
 
@@ -57,16 +57,25 @@ impl ServeQueue {
         n
     }
 
-    /// `n` bytes left the queue (written or cancelled).
-    fn written(&mut self, n: u64) {
+    /// `n` bytes left the queue (written or cancelled). Some(bytes left in all queues) if
+    /// that took them below the core's `release_below`: the actor must be told.
+    fn written(&mut self, n: u64) -> Option<u64> {
         self.bytes -= n;
-        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+        let before = self.shared.queued.fetch_sub(n, Ordering::SeqCst);
+        let below = self.shared.release_below.load(Ordering::SeqCst);
+        (before >= below && before - n < below).then_some(before - n)
     }
 }
 
 impl Drop for ServeQueue {
     fn drop(&mut self) {
-        self.shared.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.rx.close();
+        while let Ok(out) = self.rx.try_recv() {
+            if let Out::Serve(r) = out {
+                self.bytes += r.length as u64;
+            }
+        }
+        self.shared.queued.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -115,7 +124,7 @@ impl Swarm {
     pub(super) async fn writer(
         self,
         wr: tokio::net::tcp::OwnedWriteHalf,
-        mut rx: mpsc::UnboundedReceiver<Out>,
+        rx: mpsc::UnboundedReceiver<Out>,
         ends: WriterEnds,
     ) {
         let WriterEnds {
@@ -127,6 +136,7 @@ impl Swarm {
         } = ends;
         let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
         let mut queue = ServeQueue {
+            rx,
             reqs: VecDeque::new(),
             bytes: 0,
             shared: self.shared.clone(),
@@ -136,7 +146,7 @@ impl Swarm {
         'outer: loop {
             // Control messages first, then one queued block, then wait.
             loop {
-                match rx.try_recv() {
+                match queue.rx.try_recv() {
                     Ok(Out::Msg(m)) => {
                         buf.clear();
                         wire::encode(&m, &mut buf);
@@ -175,7 +185,7 @@ impl Swarm {
                                 break 'outer;
                             }
                         }
-                        queue.written(r.length as u64);
+                        self.drained(queue.written(r.length as u64));
                         backlog.requests_done(1);
                     }
                     continue;
@@ -222,7 +232,7 @@ impl Swarm {
                     self.shared
                         .uploaded
                         .fetch_add(r.length as u64, Ordering::Relaxed);
-                    queue.written(r.length as u64);
+                    self.drained(queue.written(r.length as u64));
                     backlog.requests_done(1);
                 }
                 if turn.is_some() && wr.flush().await.is_err() {
@@ -234,7 +244,7 @@ impl Swarm {
             if wr.flush().await.is_err() {
                 break;
             }
-            match tokio::time::timeout(keepalive, rx.recv()).await {
+            match tokio::time::timeout(keepalive, queue.rx.recv()).await {
                 Ok(Some(Out::Msg(m))) => {
                     buf.clear();
                     wire::encode(&m, &mut buf);
@@ -260,6 +270,13 @@ impl Swarm {
         }
         let _ = wr.flush().await;
         kill.notify_one();
+    }
+
+    /// Tells the actor our writers' queue went below the core's `release_below`.
+    fn drained(&self, left: Option<u64>) {
+        if let Some(upload_queued) = left {
+            self.input(Input::UploadDrained { upload_queued });
+        }
     }
 
     /// Reads packed bytes `first.begin..end` of `first.index` for serving, checking the

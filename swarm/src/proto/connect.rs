@@ -109,6 +109,7 @@ impl Core {
         let Some(p) = self.peers.remove(&key) else {
             return;
         };
+        self.upload_order.forget(key);
         for (i, &h) in p.has.iter().enumerate() {
             if h {
                 count_holder(&mut self.availability, &mut self.held, i, false);

@@ -73,6 +73,7 @@ impl Core {
                     return Err(SwarmError::Protocol(format!("HAVE {i} beyond {n} pieces")));
                 }
                 let we_have = self.have[i as usize];
+                self.upload_order.piece_done(key, i);
                 if let Some(p) = self.peers.get_mut(&key) {
                     if !p.has[i as usize] {
                         let counted = counts_local(p, n as usize);
@@ -121,7 +122,11 @@ impl Core {
                 self.fill_requests(now, key);
             }
             Msg::Request(r) => self.on_request(now, key, r, upload_queued),
-            Msg::Cancel(r) => self.out.push_back(Action::CancelServe(key, r)),
+            Msg::Cancel(r) => {
+                if !self.upload_order.cancel(key, r) {
+                    self.out.push_back(Action::CancelServe(key, r));
+                }
+            }
             Msg::Reject(r) => {
                 if let Some(p) = self.peers.get_mut(&key) {
                     if p.inflight.remove(&(r.index, r.begin)).is_some() {
@@ -170,12 +175,14 @@ impl Core {
         let Some(fast) = self.peers.get(&key).map(|p| p.fast) else {
             return;
         };
+        self.upload_order.writers_report(upload_queued);
         // Once some peer holds every piece and our upload queue has run dry, a second
         // copy costs nothing: the link would be idle otherwise.
-        let idle = self.held == n && upload_queued < self.lengths.default_piece_length() as u64;
+        let queued = self.upload_order.queued();
+        let idle = self.held == n && queued < self.lengths.default_piece_length() as u64;
         let refuse = ok && fast && self.cfg.prefer_unsent && self.refuse(now, key, r.index, idle);
         if ok && !refuse {
-            self.out.push_back(Action::Serve(key, r));
+            self.serve(key, r, fast);
         } else if fast {
             self.out.push_back(Action::Send(key, Msg::Reject(r)));
             self.rejects_sent += 1;
@@ -186,6 +193,31 @@ impl Core {
                     self.out.push_back(Action::Send(key, Msg::Suggest(j)));
                 }
             }
+        }
+    }
+
+    /// Serves `r` now or holds it in the upload order (see `upload_order`); refused (like
+    /// the writers' own bound) if the peer has too many held already.
+    fn serve(&mut self, key: u64, r: Req, fast: bool) {
+        if !self.cfg.order_uploads {
+            self.out.push_back(Action::Serve(key, r));
+            return;
+        }
+        match self.upload_order.offer(key, r) {
+            Ok(Some(r)) => self.out.push_back(Action::Serve(key, r)),
+            Ok(None) => self.release_uploads(),
+            Err(r) if fast => {
+                self.out.push_back(Action::Send(key, Msg::Reject(r)));
+                self.rejects_sent += 1;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Hands the writers what the upload order releases.
+    pub(crate) fn release_uploads(&mut self) {
+        for (k, r) in self.upload_order.release() {
+            self.out.push_back(Action::Serve(k, r));
         }
     }
 

@@ -35,6 +35,7 @@ mod seed;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod upload_order;
 
 pub use connect::Hello;
 pub use peer::client_name;
@@ -43,6 +44,7 @@ pub use stats::{PeerStats, Stats};
 use messages::Payload;
 use peer::{Known, PeerState};
 use pieces::InProgress;
+use upload_order::UploadOrder;
 
 /// How long a seeder keeps rejecting a peer's requests for a piece assigned to another peer,
 /// and how long a peer avoids asking again for a piece it was refused.
@@ -98,6 +100,9 @@ pub struct Config {
     /// Blocks carry their bytes (a real node). Off: only their lengths are modelled
     /// ([`Input::ModelledBlock`], the simulator); pieces are assembled without buffers.
     pub carry_data: bool,
+    /// Requests are served piece by piece through a shallow writers' queue (see
+    /// `upload_order`), not in the order they came.
+    pub order_uploads: bool,
 }
 
 /// What happened, as the driver tells the core.
@@ -130,6 +135,9 @@ pub enum Input {
     BadZBlock { key: u64 },
     /// The connection ended.
     Disconnected { key: u64 },
+    /// The writers' queue fell below [`Core::upload_release_below`]: `upload_queued`
+    /// bytes are left in it.
+    UploadDrained { upload_queued: u64 },
     /// A peer left too many of our refusals unread while it went on requesting.
     Flooding { key: u64 },
     /// A piece handed out by [`Action::Verify`] was hashed (and written if it matched).
@@ -232,6 +240,8 @@ pub struct Core {
     rejects_sent: u64,
     /// Debug tick: figures at the previous tick.
     last_tick: (u64, u64),
+    /// Requests waiting for the writers, released piece by piece.
+    upload_order: UploadOrder,
 }
 
 impl Core {
@@ -287,6 +297,7 @@ impl Core {
             servable,
             rejects_sent: 0,
             last_tick: (0, 0),
+            upload_order: UploadOrder::default(),
         }
     }
 
@@ -323,6 +334,10 @@ impl Core {
                 self.remove_peer(key);
                 self.out.push_back(Action::Changed);
             }
+            Input::UploadDrained { upload_queued } => {
+                self.upload_order.writers_report(upload_queued);
+                self.release_uploads();
+            }
             Input::Flooding { key } => self.ban(key, "requests without reading our refusals"),
             Input::Verified { index, result } => self.on_verified(now, index, result),
             Input::Resumed { index } => {
@@ -341,6 +356,12 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// While requests wait in the upload order: the writers' queue (bytes) below which the
+    /// driver reports [`Input::UploadDrained`], so that more are released.
+    pub fn upload_release_below(&self) -> Option<u64> {
+        (self.upload_order.held_bytes() > 0).then(|| self.upload_order.limit())
     }
 
     /// The next thing to do, if any (call until None after every input).

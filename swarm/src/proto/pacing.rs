@@ -51,6 +51,8 @@ impl Core {
     /// ones released, every peer's pipeline topped up, known addresses redialed.
     pub(crate) fn on_tick(&mut self, now: Instant, uploaded: u64) {
         self.next_tick = Some(now + TICK);
+        self.upload_order.tick(now, uploaded);
+        self.release_uploads();
         if tracing::enabled!(tracing::Level::DEBUG) {
             self.debug_tick(uploaded);
         }

@@ -23,6 +23,7 @@ fn cfg(id: u8, prefer_unsent: bool) -> Config {
         trust_initial_pieces: true,
         compress: false,
         carry_data: false,
+        order_uploads: false,
     }
 }
 
@@ -421,4 +422,47 @@ fn a_seed_behind_our_switch_does_not_keep_other_switches_from_being_asked() {
     c.handle(t, Input::Disconnected { key: l }).unwrap();
     c.handle(t, Input::Disconnected { key: s }).unwrap();
     assert!(c.local_availability.iter().all(|&a| a == 0));
+}
+
+#[test]
+fn with_the_writers_full_requests_wait_and_go_out_piece_by_piece() {
+    let t = Instant::now();
+    let mut c = core(8, true, false);
+    c.cfg.order_uploads = true;
+    let a = c.connect(t, hello(1), || false).unwrap();
+    let b = c.connect(t, hello(2), || false).unwrap();
+    drain(&mut c);
+    let r = |index, block| Req {
+        index,
+        begin: block * BLOCK_SIZE,
+        length: BLOCK_SIZE,
+    };
+    // The two peers' requests come interleaved while the writers hold 1 GiB (`msg`).
+    for blk in 0..4 {
+        assert!(msg(&mut c, t, a, Msg::Request(r(1, blk))).is_empty());
+        assert!(msg(&mut c, t, b, Msg::Request(r(2, blk))).is_empty());
+    }
+    assert_eq!(
+        c.upload_release_below(),
+        Some(upload_order::MIN_WRITER_BYTES)
+    );
+    // b cancels one: it is dropped here, the writers never had it.
+    assert!(msg(&mut c, t, b, Msg::Cancel(r(2, 3))).is_empty());
+    c.handle(t, Input::UploadDrained { upload_queued: 0 })
+        .unwrap();
+    let served: Vec<(u64, u32, u32)> = drain(&mut c)
+        .into_iter()
+        .filter_map(|x| match x {
+            Action::Serve(k, q) => Some((k, q.index, q.begin / BLOCK_SIZE)),
+            _ => None,
+        })
+        .collect();
+    let mut want: Vec<_> = (0..4).map(|blk| (a, 1, blk)).collect();
+    want.extend((0..3).map(|blk| (b, 2, blk)));
+    assert_eq!(served, want);
+    assert_eq!(c.upload_release_below(), None, "nothing waits");
+    // A peer that leaves takes its waiting requests with it.
+    assert!(msg(&mut c, t, a, Msg::Request(r(3, 0))).is_empty());
+    c.handle(t, Input::Disconnected { key: a }).unwrap();
+    assert_eq!(c.upload_release_below(), None);
 }
