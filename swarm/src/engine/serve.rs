@@ -48,13 +48,12 @@ impl ServeQueue {
         self.reqs.push_back(r);
     }
 
-    /// Drops queued requests equal to `r`; returns how many.
-    fn cancel(&mut self, r: Req) -> usize {
+    /// Drops queued requests equal to `r`; returns how many, and what `written` returns.
+    fn cancel(&mut self, r: Req) -> (usize, Option<u64>) {
         let before = self.reqs.len();
         self.reqs.retain(|q| *q != r);
         let n = before - self.reqs.len();
-        self.written(n as u64 * r.length as u64);
-        n
+        (n, self.written(n as u64 * r.length as u64))
     }
 
     /// `n` bytes left the queue (written or cancelled). Some(bytes left in all queues) if
@@ -158,7 +157,9 @@ impl Swarm {
                     Ok(Out::Serve(r)) => queue.push(r),
                     Ok(Out::Cancel(r)) => {
                         backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
-                        backlog.requests_done(queue.cancel(r));
+                        let (n, left) = queue.cancel(r);
+                        backlog.requests_done(n);
+                        self.drained(left);
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => break 'outer,
@@ -256,7 +257,9 @@ impl Swarm {
                 Ok(Some(Out::Serve(r))) => queue.push(r),
                 Ok(Some(Out::Cancel(r))) => {
                     backlog.msg_done(crate::backlog::encoded_len(&Msg::Cancel(r)) as usize);
-                    backlog.requests_done(queue.cancel(r));
+                    let (n, left) = queue.cancel(r);
+                    backlog.requests_done(n);
+                    self.drained(left);
                 }
                 Ok(None) => break,
                 Err(_) => {
