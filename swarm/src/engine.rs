@@ -99,8 +99,8 @@ pub struct SwarmOptions {
     /// pieces no local peer has. 0: every peer is local.
     pub site_prefix: u8,
     /// Serve requests piece by piece: the writers get a shallow queue and the rest waits
-    /// in the core, released in the order each (peer, piece) was first asked for (see
-    /// `proto::upload_order`). Off: in the order they came.
+    /// in the core, released a piece at a time in rounds (each peer's first piece, then
+    /// each one's second, ...; see `proto::upload_order`). Off: in the order they came.
     pub order_uploads: bool,
 }
 

@@ -144,8 +144,8 @@ pub enum Input {
     Verified { index: u32, result: Verified },
     /// A piece found correct on storage (resume).
     Resumed { index: u32 },
-    /// The timer the core asked for ([`Core::poll_timeout`]). `uploaded`: bytes sent so far
-    /// (for the debug log).
+    /// The timer the core asked for ([`Core::poll_timeout`]). `uploaded`: block bytes sent
+    /// so far (our upload rate, for the upload order; the debug log).
     Tick { uploaded: u64 },
     /// Peer listen addresses (from a tracker); dialed and redialed as needed.
     PeersLearnt(Vec<SocketAddr>),

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::peer::RateMeter;
 use crate::backlog::MAX_QUEUED_REQUESTS;
 use crate::wire::Req;
 
@@ -56,15 +57,16 @@ pub struct UploadOrder {
     held_bytes: u64,
     /// Bytes the writers have queued: the driver's last report plus what we released since.
     writers: u64,
-    /// Our upload rate (bytes/s), measured from ticks, and the last tick's (time, bytes).
-    rate: Option<f64>,
-    last_tick: Option<(Instant, u64)>,
+    /// Our upload rate, metered from the ticks' byte counts since the first tick, and the
+    /// count at the last tick.
+    meter: Option<(RateMeter, u64)>,
 }
 
 impl UploadOrder {
     /// How many bytes the writers may have queued.
     pub fn limit(&self) -> u64 {
-        let ahead = self.rate.unwrap_or(0.0) * WRITER_QUEUE_TIME.as_secs_f64();
+        let rate = self.meter.as_ref().and_then(|(m, _)| m.rate);
+        let ahead = rate.unwrap_or(0.0) * WRITER_QUEUE_TIME.as_secs_f64();
         (ahead as u64).clamp(MIN_WRITER_BYTES, MAX_WRITER_BYTES)
     }
 
@@ -83,20 +85,16 @@ impl UploadOrder {
         self.writers = queued;
     }
 
-    /// Measures our upload rate from each tick's byte count (windows of 200 ms or more,
-    /// averaged with the last).
+    /// Meters our upload rate from each tick's count of bytes sent so far (a peer's
+    /// [`RateMeter`]: windows of 200 ms or more, averaged with the last).
     pub fn tick(&mut self, now: Instant, uploaded: u64) {
-        let Some((t, b)) = self.last_tick else {
-            self.last_tick = Some((now, uploaded));
-            return;
-        };
-        let dt = now.saturating_duration_since(t).as_secs_f64();
-        if dt < 0.2 {
-            return;
+        match &mut self.meter {
+            None => self.meter = Some((RateMeter::new(now), uploaded)),
+            Some((m, last)) => {
+                m.add(uploaded.saturating_sub(*last), now);
+                *last = uploaded;
+            }
         }
-        let sample = uploaded.saturating_sub(b) as f64 / dt;
-        self.rate = Some(self.rate.map_or(sample, |r| 0.5 * r + 0.5 * sample));
-        self.last_tick = Some((now, uploaded));
     }
 
     fn rank(&mut self, key: u64, index: u32) -> Rank {
